@@ -1,0 +1,46 @@
+-- background-processing schema. Idempotent: safe to apply any number of times.
+-- `background-processing migrate` applies it (it is embedded in the binary);
+-- it also adds the columns and indexes below to a `jobs` table created by an
+-- earlier version, so rows written by the original service keep working.
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    object_id    BIGINT          NULL,
+    -- Task duration in nanoseconds; NULL never finishes by itself.
+    sleep        BIGINT          NULL,
+    -- NULL (new), QUEUED!, STARTED!, DONE!, CANCELLED! or FAILED!.
+    status       VARCHAR(32)     NULL,
+    created_at   DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    queued_at    DATETIME(6)     NULL,
+    started_at   DATETIME(6)     NULL,
+    finished_at  DATETIME(6)     NULL,
+    cancelled_at DATETIME(6)     NULL,
+    -- Why the job failed or was cancelled, in words.
+    error        TEXT            NULL,
+    -- Name of the worker (replica) holding the claim.
+    owner        VARCHAR(255)    NULL,
+    -- Fencing token: incremented by every claim; every later write checks it.
+    lease        BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    PRIMARY KEY (id),
+    -- Claims: status IS NULL, oldest first.
+    KEY jobs_status_id (status, id),
+    -- Canceller: STARTED! jobs by start time.
+    KEY jobs_status_started_at (status, started_at),
+    -- Rescuer and shutdown release: a worker's QUEUED!/STARTED! jobs.
+    KEY jobs_status_owner (status, owner),
+    -- stats: recent throughput.
+    KEY jobs_status_finished_at (status, finished_at)
+) ENGINE = InnoDB;
+
+-- Live replicas. A worker whose heartbeat_at is older than WORKER_DEAD_AFTER
+-- is dead: its jobs are rescued and its row removed.
+CREATE TABLE IF NOT EXISTS workers (
+    name         VARCHAR(255)    NOT NULL,
+    host         VARCHAR(255)    NOT NULL,
+    pid          INT UNSIGNED    NOT NULL,
+    version      VARCHAR(64)     NOT NULL,
+    started_at   DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    heartbeat_at DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (name),
+    KEY workers_heartbeat_at (heartbeat_at)
+) ENGINE = InnoDB;

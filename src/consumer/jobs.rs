@@ -1,0 +1,170 @@
+//! The jobs consumers: run claimed jobs, one at a time per thread.
+//!
+//! For each job taken from the channel a consumer:
+//!
+//! 1. checks the row's input; bad input (a negative `sleep`) becomes
+//!    `FAILED!` with the reason, without ever starting;
+//! 2. takes a token from the replica's bucket (`RATE_LIMIT`);
+//! 3. commits `STARTED!` and `started_at` before the task begins, on
+//!    condition that its claim (lease) still holds: a job starts at most
+//!    once, even across crashes;
+//! 4. runs the task with a [`Cancellation`](crate::cancel::Cancellation) the
+//!    canceller, the watcher or the shutdown deadline can trigger; a panic
+//!    in the task becomes `FAILED!` with the panic message and the thread
+//!    carries on;
+//! 5. writes the final status (`DONE!`, `FAILED!`, or `CANCELLED!` after a
+//!    shutdown interrupt), again conditional on its lease, retrying through
+//!    database outages until it lands or the claim is found lost.
+//!
+//! On shutdown (`stop_taking` closes) a consumer takes no new job; a job it
+//! had taken but not started stays `QUEUED!` and the shutdown release puts
+//! it back. Writes in flight give up only when `hard_stop` closes.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::cancel::Interrupt;
+use crate::consumer::{closed, write_until};
+use crate::db::jobs::{Job, job_cancel, job_fail, job_finish, job_start, status};
+use crate::metrics::Metrics;
+use crate::service::Shared;
+use crate::task::{Outcome, run_sleep, validate_sleep};
+
+/// The channels a jobs consumer works with.
+pub struct Channels {
+    /// Claimed jobs.
+    pub jobs: Receiver<Job>,
+    /// Signalled after taking a job, so the publisher can claim early.
+    pub room_freed: Sender<()>,
+    /// Closes when the service stops taking jobs.
+    pub stop_taking: Receiver<()>,
+    /// Closes when in-flight writes must give up.
+    pub hard_stop: Receiver<()>,
+}
+
+/// What happened to one job in this consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Ran and ended with this outcome (written, or found lost).
+    Ran(Outcome),
+    /// Bad input: `FAILED!` without starting.
+    Rejected,
+    /// Its claim was lost before it could start (released or rescued).
+    Lost,
+    /// Shutdown came first: not started, left for the release.
+    NotStarted,
+}
+
+/// One consumer's loop.
+pub fn run(shared: Arc<Shared>, ch: Channels) {
+    loop {
+        if closed(&ch.stop_taking) {
+            return;
+        }
+        let job = select! {
+            recv(ch.stop_taking) -> _ => return,
+            recv(ch.jobs) -> msg => match msg {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let _ = ch.room_freed.try_send(());
+        if handle(&shared, job, &ch) == Handled::NotStarted {
+            return;
+        }
+    }
+}
+
+/// Runs one job through the steps above.
+pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
+    let m = &shared.metrics;
+    if let Err(reason) = validate_sleep(job.sleep) {
+        log::warn!("job {} failed: {reason}", job.id);
+        return match write_until(shared, "failing a job", &ch.hard_stop, |c| {
+            job_fail(c, job.id, job.lease, status::QUEUED, &reason)
+        }) {
+            Some(true) => {
+                Metrics::add(&m.failed, 1);
+                Handled::Rejected
+            }
+            Some(false) => lost(shared, &job, "failing"),
+            None => Handled::NotStarted,
+        };
+    }
+    if !shared.bucket.take(&ch.stop_taking) || closed(&ch.stop_taking) {
+        return Handled::NotStarted;
+    }
+    match write_until(shared, "starting a job", &ch.stop_taking, |c| {
+        job_start(c, job.id, job.lease)
+    }) {
+        Some(true) => Metrics::add(&m.started, 1),
+        Some(false) => return lost(shared, &job, "starting"),
+        None => return Handled::NotStarted,
+    }
+
+    let cancel = shared.registry.start(job.id, job.lease);
+    let outcome =
+        catch_unwind(AssertUnwindSafe(|| run_sleep(job.sleep, &cancel))).unwrap_or_else(|panic| {
+            Outcome::Failed(format!("task panicked: {}", panic_message(&*panic)))
+        });
+    shared.registry.finish(job.id);
+
+    let written = match &outcome {
+        Outcome::Done => write_until(shared, "finishing a job", &ch.hard_stop, |c| {
+            job_finish(c, job.id, job.lease)
+        })
+        .map(|ok| (ok, &m.done)),
+        Outcome::Failed(reason) => {
+            log::warn!("job {} failed: {reason}", job.id);
+            write_until(shared, "failing a job", &ch.hard_stop, |c| {
+                job_fail(c, job.id, job.lease, status::STARTED, reason)
+            })
+            .map(|ok| (ok, &m.failed))
+        }
+        // The canceller (here or elsewhere) already wrote the row.
+        Outcome::Interrupted(Interrupt::Cancelled) => return Handled::Ran(outcome),
+        Outcome::Interrupted(Interrupt::Shutdown) => {
+            let reason = format!(
+                "cancelled: interrupted by shutdown, still running SHUTDOWN_TIMEOUT ({}) after the stop signal",
+                humantime::format_duration(shared.config.shutdown_timeout)
+            );
+            write_until(shared, "cancelling a job at shutdown", &ch.hard_stop, |c| {
+                job_cancel(c, job.id, job.lease, &reason)
+            })
+            .map(|ok| (ok, &m.cancelled))
+        }
+    };
+    match written {
+        Some((true, counter)) => Metrics::add(counter, 1),
+        Some((false, _)) => {
+            lost(shared, &job, "finishing");
+        }
+        None => log::warn!(
+            "job {}: gave up writing its outcome ({outcome:?}) at shutdown; the canceller will cancel it",
+            job.id
+        ),
+    }
+    Handled::Ran(outcome)
+}
+
+fn lost(shared: &Shared, job: &Job, doing: &str) -> Handled {
+    Metrics::add(&shared.metrics.lost, 1);
+    log::info!(
+        "job {}: {doing} refused, this replica no longer holds it (lease {}): it was released, rescued or cancelled",
+        job.id,
+        job.lease
+    );
+    Handled::Lost
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}

@@ -1,0 +1,238 @@
+//! Statements on the `jobs` table.
+//!
+//! The lease column is the fencing token: every claim increments it, and
+//! every later write names the lease it expects, so a write from a replica
+//! that lost the claim (the job was released, rescued or cancelled while it
+//! was paused or cut off) changes nothing and reports 0 rows.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, TxOpts, params};
+
+use super::{DbResult, id_list};
+
+/// Status values, spelled as the original service spelled them.
+pub mod status {
+    /// Claimed by a replica, waiting in its channel.
+    pub const QUEUED: &str = "QUEUED!";
+    /// Its task is running.
+    pub const STARTED: &str = "STARTED!";
+    /// Task finished (final).
+    pub const DONE: &str = "DONE!";
+    /// Dead and cancelled (final).
+    pub const CANCELLED: &str = "CANCELLED!";
+    /// Cannot run: bad input or task error (final).
+    pub const FAILED: &str = "FAILED!";
+    /// Every status the service knows; `stats` counts any other separately.
+    pub const KNOWN: [&str; 5] = [QUEUED, STARTED, DONE, CANCELLED, FAILED];
+}
+
+/// A job claimed by this replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Primary key.
+    pub id: u64,
+    /// What the job works on (opaque to the service).
+    pub object_id: Option<i64>,
+    /// Task duration in nanoseconds; `None` never finishes by itself.
+    pub sleep: Option<i64>,
+    /// The fencing token this claim holds.
+    pub lease: u64,
+}
+
+/// A `STARTED!` job the canceller should look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    /// Primary key.
+    pub id: u64,
+    /// The lease of the run to cancel.
+    pub lease: u64,
+}
+
+/// The claim query: the oldest new rows, skipping rows another replica is
+/// claiming right now. Uses the `(status, id)` index.
+pub fn claim_select_sql(limit: usize) -> String {
+    format!(
+        "SELECT id, object_id, sleep, lease FROM jobs WHERE status IS NULL \
+         ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// The canceller's query: jobs started longer than `timeout` ago, oldest
+/// first. Uses the `(status, started_at)` index.
+pub fn dead_select_sql(timeout: Duration, limit: usize) -> String {
+    format!(
+        "SELECT id, lease FROM jobs WHERE status = 'STARTED!' \
+         AND started_at < NOW(6) - INTERVAL {} MICROSECOND \
+         ORDER BY started_at LIMIT {limit}",
+        timeout.as_micros()
+    )
+}
+
+/// Puts an owner's `QUEUED!` jobs back to new. Uses the `(status, owner)`
+/// index.
+pub const RELEASE_QUEUED_SQL: &str = "UPDATE jobs SET status = NULL, queued_at = NULL, owner = NULL \
+     WHERE status = 'QUEUED!' AND owner = :owner";
+
+/// Cancels an owner's `STARTED!` jobs. Uses the `(status, owner)` index.
+pub const CANCEL_OWNED_SQL: &str = "UPDATE jobs SET status = 'CANCELLED!', cancelled_at = NOW(6), \
+     finished_at = NOW(6), error = :reason WHERE status = 'STARTED!' AND owner = :owner";
+
+/// Owners of `QUEUED!` and `STARTED!` jobs. Uses the `(status, owner)` index.
+pub const OWNERS_ACTIVE_SQL: &str = "SELECT DISTINCT owner FROM jobs \
+     WHERE status IN ('QUEUED!', 'STARTED!') AND owner IS NOT NULL";
+
+/// Puts ownerless `QUEUED!` rows back. Uses the `(status, owner)` index.
+pub const RELEASE_UNOWNED_SQL: &str =
+    "UPDATE jobs SET status = NULL, queued_at = NULL WHERE status = 'QUEUED!' AND owner IS NULL";
+
+/// Which of the given runs are still `STARTED!` (primary key lookups).
+pub fn find_lost_sql(runs: &[Running]) -> String {
+    format!(
+        "SELECT id, lease FROM jobs WHERE id IN ({}) AND status = 'STARTED!'",
+        id_list(runs.iter().map(|r| r.id))
+    )
+}
+
+/// Claims up to `limit` new jobs for `owner` in one transaction: selects
+/// them with `FOR UPDATE SKIP LOCKED`, marks them `QUEUED!` with `queued_at`,
+/// the owner and a new lease, and commits. Returns the claimed jobs, oldest
+/// first.
+pub fn job_claim_many(conn: &mut Conn, owner: &str, limit: usize) -> DbResult<Vec<Job>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = conn.start_transaction(TxOpts::default())?;
+    let rows: Vec<(u64, Option<i64>, Option<i64>, u64)> = tx.query(claim_select_sql(limit))?;
+    if rows.is_empty() {
+        tx.commit()?;
+        return Ok(Vec::new());
+    }
+    tx.exec_drop(
+        format!(
+            "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6), owner = :owner, \
+             lease = lease + 1 WHERE id IN ({}) AND status IS NULL",
+            id_list(rows.iter().map(|r| r.0))
+        ),
+        params! { owner },
+    )?;
+    tx.commit()?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, object_id, sleep, lease)| Job {
+            id,
+            object_id,
+            sleep,
+            lease: lease + 1,
+        })
+        .collect())
+}
+
+/// Marks a claimed job `STARTED!` with `started_at`, if this claim still
+/// holds it. Committed before the task begins, so a job starts at most once.
+pub fn job_start(conn: &mut Conn, id: u64, lease: u64) -> DbResult<bool> {
+    conn.exec_drop(
+        "UPDATE jobs SET status = 'STARTED!', started_at = NOW(6) \
+         WHERE id = :id AND lease = :lease AND status = 'QUEUED!'",
+        params! { id, lease },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Marks a running job `DONE!` with `finished_at`, if this run still holds it.
+pub fn job_finish(conn: &mut Conn, id: u64, lease: u64) -> DbResult<bool> {
+    conn.exec_drop(
+        "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6) \
+         WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
+        params! { id, lease },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Marks a job `FAILED!` with the reason, if it is still in `expected`
+/// status (`QUEUED!` for bad input found before it starts, `STARTED!` for a
+/// task error) under this lease.
+pub fn job_fail(
+    conn: &mut Conn,
+    id: u64,
+    lease: u64,
+    expected: &str,
+    reason: &str,
+) -> DbResult<bool> {
+    conn.exec_drop(
+        "UPDATE jobs SET status = 'FAILED!', finished_at = NOW(6), error = :reason \
+         WHERE id = :id AND lease = :lease AND status = :expected",
+        params! { id, lease, expected, reason },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Cancels a running job: `CANCELLED!`, with `cancelled_at` and
+/// `finished_at` equal and the reason in `error`, if that run is still
+/// `STARTED!`.
+pub fn job_cancel(conn: &mut Conn, id: u64, lease: u64, reason: &str) -> DbResult<bool> {
+    conn.exec_drop(
+        "UPDATE jobs SET status = 'CANCELLED!', cancelled_at = NOW(6), finished_at = NOW(6), \
+         error = :reason WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
+        params! { id, lease, reason },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Up to `limit` jobs still `STARTED!` more than `timeout` after they
+/// started.
+pub fn job_find_dead(conn: &mut Conn, timeout: Duration, limit: usize) -> DbResult<Vec<Running>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(u64, u64)> = conn.query(dead_select_sql(timeout, limit))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, lease)| Running { id, lease })
+        .collect())
+}
+
+/// Puts every job `owner` holds `QUEUED!` back to new (status NULL), so any
+/// replica can claim it at once. Returns how many went back.
+pub fn job_release_queued(conn: &mut Conn, owner: &str) -> DbResult<u64> {
+    conn.exec_drop(RELEASE_QUEUED_SQL, params! { owner })?;
+    Ok(conn.affected_rows())
+}
+
+/// Cancels every job `owner` holds `STARTED!`, with `reason`: used when the
+/// owner is known dead, so its tasks can never report.
+pub fn job_cancel_owned(conn: &mut Conn, owner: &str, reason: &str) -> DbResult<u64> {
+    conn.exec_drop(CANCEL_OWNED_SQL, params! { owner, reason })?;
+    Ok(conn.affected_rows())
+}
+
+/// Owners of `QUEUED!` or `STARTED!` jobs: the rescuer compares them with the
+/// live workers. Uses the `(status, owner)` index.
+pub fn job_owners_active(conn: &mut Conn) -> DbResult<Vec<String>> {
+    let mut owners: Vec<String> = conn.query(OWNERS_ACTIVE_SQL)?;
+    owners.sort();
+    owners.dedup();
+    Ok(owners)
+}
+
+/// Of the given runs, those no longer `STARTED!` under their lease: cancelled
+/// or rescued elsewhere, so this replica should interrupt them.
+pub fn job_find_lost(conn: &mut Conn, runs: &[Running]) -> DbResult<Vec<u64>> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let live: Vec<(u64, u64)> = conn.query(find_lost_sql(runs))?;
+    Ok(runs
+        .iter()
+        .filter(|r| !live.contains(&(r.id, r.lease)))
+        .map(|r| r.id)
+        .collect())
+}
+
+/// Puts `QUEUED!` rows with no owner (left by the original service, which
+/// recorded none) back to new.
+pub fn job_release_unowned(conn: &mut Conn) -> DbResult<u64> {
+    conn.query_drop(RELEASE_UNOWNED_SQL)?;
+    Ok(conn.affected_rows())
+}

@@ -1,0 +1,141 @@
+//! The database: an r2d2 pool of blocking `mysql` connections, and every SQL
+//! statement the service sends.
+//!
+//! Statements live in the submodules, one function per statement, named noun
+//! first (`job_claim_many`, `job_cancel`, `worker_heartbeat`). Every
+//! transition of a job is conditional on the state it expects (status and
+//! lease) and returns how many rows it changed, so a replica that no longer
+//! owns a job cannot change its row.
+
+pub mod jobs;
+pub mod migrate;
+pub mod stats;
+pub mod workers;
+
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder};
+use thiserror::Error;
+
+/// A database failure.
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// No connection could be had from the pool in time.
+    #[error("no database connection: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// The server or the connection failed.
+    #[error("{0}")]
+    Mysql(#[from] mysql::Error),
+    /// The schema is missing or not what the service needs.
+    #[error("{0}")]
+    Schema(String),
+}
+
+/// Result of a database call.
+pub type DbResult<T> = Result<T, DbError>;
+
+/// The r2d2 connection manager.
+///
+/// Written here rather than taken from `r2d2_mysql` because that one pings
+/// the server every time a connection goes back to the pool: one extra round
+/// trip per statement. A broken connection is instead detected by the
+/// failing statement, and r2d2 validates idle connections on checkout.
+#[derive(Clone, Debug)]
+pub struct Manager {
+    opts: Opts,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = mysql::Error;
+
+    fn connect(&self) -> Result<Conn, mysql::Error> {
+        Conn::new(self.opts.clone())
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), mysql::Error> {
+        conn.ping()
+    }
+
+    fn has_broken(&self, _conn: &mut Conn) -> bool {
+        false
+    }
+}
+
+/// The pool every thread takes its connections from.
+#[derive(Clone)]
+pub struct Db {
+    pool: r2d2::Pool<Manager>,
+}
+
+/// A pooled connection.
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// Connection options from a URL, with timeouts that turn a vanished server
+/// into an error instead of a hang.
+pub fn opts_from_url(url: &str) -> DbResult<OptsBuilder> {
+    let opts =
+        Opts::from_url(url).map_err(|e| DbError::Schema(format!("bad DATABASE_URL: {e}")))?;
+    Ok(OptsBuilder::from_opts(opts)
+        .tcp_connect_timeout(Some(Duration::from_secs(5)))
+        .read_timeout(Some(Duration::from_secs(30)))
+        .write_timeout(Some(Duration::from_secs(30)))
+        .tcp_keepalive_time_ms(Some(10_000))
+        // A conditional write that meets a row locked elsewhere gives up soon
+        // and is retried, rather than holding a thread for 50 s.
+        .init(vec!["SET SESSION innodb_lock_wait_timeout = 5"]))
+}
+
+impl Db {
+    /// Builds a pool of at most `size` connections. Connections are made
+    /// lazily: this never fails because the database is down.
+    pub fn new(url: &str, size: u32) -> DbResult<Db> {
+        let manager = Manager {
+            opts: opts_from_url(url)?.into(),
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(5))
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        Ok(Db { pool })
+    }
+
+    /// A connection from the pool.
+    pub fn conn(&self) -> DbResult<PooledConn> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Waits until the database answers, for at most `timeout`. Returns the
+    /// last error when it never did.
+    pub fn wait_ready(&self, timeout: Duration) -> DbResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = self.conn().and_then(|mut c| Ok(c.query_drop("SELECT 1")?));
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    log::debug!("database not ready yet: {e}");
+                    std::thread::sleep(Duration::from_millis(250).min(deadline - Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+/// `id IN (1,2,3)` text for a list of ids: ids are integers, so inlining them
+/// is safe, and it keeps a batch to one statement of any size.
+pub(crate) fn id_list(ids: impl IntoIterator<Item = u64>) -> String {
+    let mut s = String::new();
+    for id in ids {
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s
+}

@@ -1,0 +1,156 @@
+//! `demo`: the original service's demonstration.
+//!
+//! Runs the service, plus a seeder that inserts three jobs for object 10
+//! every few seconds (1 s, stuck, 1 s), and prints the classic table of the
+//! latest jobs whenever it changes, so `DONE!`, `CANCELLED!`, `DONE!` appear
+//! as they happen.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, select, tick};
+use mysql::prelude::Queryable;
+
+use crate::db::{Db, DbResult};
+
+/// How often the seeder inserts a batch.
+pub const SEED_INTERVAL: Duration = Duration::from_secs(3);
+/// How often the table is read.
+pub const PRINT_INTERVAL: Duration = Duration::from_millis(500);
+/// How many of the latest jobs the table shows.
+pub const ROWS: usize = 9;
+
+/// Inserts one batch: object 10, sleeps of 1 s, NULL (stuck), 1 s.
+pub fn seed_once(db: &Db) -> DbResult<()> {
+    let mut conn = db.conn()?;
+    conn.query_drop(
+        "INSERT INTO jobs (object_id, sleep) VALUES (10, 1000000000), (10, NULL), (10, 1000000000)",
+    )?;
+    Ok(())
+}
+
+/// The classic table of the latest jobs, as text.
+pub fn table(db: &Db, rows: usize) -> DbResult<String> {
+    type Row = (
+        u64,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let mut conn = db.conn()?;
+    let f = |c: &str| format!("DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s')");
+    let mut data: Vec<Row> = conn.query(format!(
+        "SELECT id, object_id, sleep, status, {}, {}, {}, {}, {} FROM jobs ORDER BY id DESC LIMIT {rows}",
+        f("created_at"),
+        f("queued_at"),
+        f("started_at"),
+        f("finished_at"),
+        f("cancelled_at"),
+    ))?;
+    data.reverse();
+    let header = [
+        "id",
+        "object_id",
+        "sleep",
+        "status",
+        "created_at",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "cancelled_at",
+    ];
+    let text = |v: Option<String>| v.unwrap_or_else(|| "NULL".into());
+    let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "NULL".into());
+    let cells: Vec<Vec<String>> = data
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.0.to_string(),
+                num(r.1),
+                num(r.2),
+                text(r.3),
+                text(r.4),
+                text(r.5),
+                text(r.6),
+                text(r.7),
+                text(r.8),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let numeric = [true, true, true, false, false, false, false, false, false];
+    let line = |row: Vec<String>| {
+        let mut s = String::from("|");
+        for (i, cell) in row.iter().enumerate() {
+            if numeric[i] {
+                s.push_str(&format!(" {cell:>w$} |", w = widths[i]));
+            } else {
+                s.push_str(&format!(" {cell:<w$} |", w = widths[i]));
+            }
+        }
+        s
+    };
+    let rule: String = widths.iter().fold(String::from("+"), |mut s, w| {
+        s.push_str(&"-".repeat(w + 2));
+        s.push('+');
+        s
+    });
+    let mut out = vec![
+        rule.clone(),
+        line(header.iter().map(|h| h.to_string()).collect()),
+        rule.clone(),
+    ];
+    out.extend(cells.into_iter().map(line));
+    out.push(rule);
+    Ok(out.join("\n"))
+}
+
+/// Seeds every [`SEED_INTERVAL`] until `stop` closes.
+pub fn seeder(db: Db, stop: Receiver<()>) {
+    let ticker = tick(SEED_INTERVAL);
+    loop {
+        if let Err(e) = seed_once(&db) {
+            log::warn!("demo: inserting jobs: {e}");
+        }
+        select! {
+            recv(stop) -> _ => return,
+            recv(ticker) -> _ => {},
+        }
+    }
+}
+
+/// Prints the table to stdout whenever it changes, until `stop` closes.
+pub fn printer(db: Db, stop: Receiver<()>) {
+    let ticker = tick(PRINT_INTERVAL);
+    let mut last = String::new();
+    loop {
+        match table(&db, ROWS) {
+            Ok(t) if t != last => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "\n{t}");
+                let _ = out.flush();
+                last = t;
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("demo: reading jobs: {e}"),
+        }
+        select! {
+            recv(stop) -> _ => return,
+            recv(ticker) -> _ => {},
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The rescuer: gives back the jobs of replicas that died.
+//!
+//! Every `HEARTBEAT_INTERVAL` it compares the owners of `QUEUED!` and
+//! `STARTED!` jobs with the replicas whose heartbeat is fresher than
+//! `WORKER_DEAD_AFTER`. A dead owner's `QUEUED!` jobs go back to new (status
+//! NULL), claimable at once by any live replica; its `STARTED!` jobs are
+//! cancelled with the reason in the row (they started, so they must never
+//! start again). Dead replicas' rows are then removed. `QUEUED!` rows with no
+//! owner at all (left by the original service) are put back too.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, never};
+
+use crate::db::DbResult;
+use crate::db::jobs::{
+    job_cancel_owned, job_owners_active, job_release_queued, job_release_unowned,
+};
+use crate::db::workers::{worker_list_dead, worker_list_live, worker_remove_dead};
+use crate::metrics::Metrics;
+use crate::publisher::tick_loop;
+use crate::service::Shared;
+
+/// What one rescue pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// Dead owners whose jobs were rescued.
+    pub dead_owners: Vec<String>,
+    /// `QUEUED!` jobs put back to new.
+    pub released: u64,
+    /// `STARTED!` jobs cancelled.
+    pub cancelled: u64,
+    /// Dead replicas' rows removed.
+    pub removed_workers: u64,
+}
+
+/// The rescuer.
+pub struct Rescuer {
+    shared: Arc<Shared>,
+}
+
+impl Rescuer {
+    /// A rescuer.
+    pub fn new(shared: Arc<Shared>) -> Rescuer {
+        Rescuer { shared }
+    }
+
+    /// One pass.
+    pub fn run_once(&self) -> DbResult<Rescued> {
+        let dead_after = self.shared.config.worker_dead_after;
+        let mut conn = self.shared.db.conn()?;
+        // Owners first, live workers second: a replica registers before it
+        // claims anything, so one that appears between the two reads is seen
+        // as live, never as a dead owner.
+        let owners = job_owners_active(&mut conn)?;
+        let live = worker_list_live(&mut conn, dead_after)?;
+        let mut out = Rescued::default();
+        for owner in owners {
+            if owner == self.shared.worker || live.contains(&owner) {
+                continue;
+            }
+            let released = job_release_queued(&mut conn, &owner)?;
+            let reason = format!(
+                "cancelled: its worker {owner} died (no heartbeat for {})",
+                humantime::format_duration(dead_after)
+            );
+            let cancelled = job_cancel_owned(&mut conn, &owner, &reason)?;
+            if released + cancelled > 0 {
+                log::warn!(
+                    "worker {owner} is dead: put back {released} queued jobs, cancelled {cancelled} started ones"
+                );
+            }
+            out.released += released;
+            out.cancelled += cancelled;
+            out.dead_owners.push(owner);
+        }
+        out.released += job_release_unowned(&mut conn)?;
+        for name in worker_list_dead(&mut conn, dead_after)? {
+            if name != self.shared.worker && worker_remove_dead(&mut conn, &name, dead_after)? {
+                log::info!("removed dead worker {name} from the registry");
+                out.removed_workers += 1;
+            }
+        }
+        let m = &self.shared.metrics;
+        Metrics::add(&m.released, out.released);
+        Metrics::add(&m.cancelled, out.cancelled);
+        Metrics::add(&m.rescued, out.released + out.cancelled);
+        Ok(out)
+    }
+
+    /// Rescues on every tick until `stop` closes.
+    pub fn run(self, stop: Receiver<()>) {
+        let shared = Arc::clone(&self.shared);
+        tick_loop(
+            &shared,
+            "rescuing jobs",
+            shared.config.heartbeat_interval,
+            &stop,
+            &never(),
+            |_| self.run_once().map(|_| false),
+        );
+    }
+}
