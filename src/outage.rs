@@ -17,6 +17,7 @@ use crate::db::DbError;
 #[derive(Debug, Default)]
 pub struct DbHealth {
     down_since: Mutex<Option<Instant>>,
+    last_unreachable: Mutex<Option<Instant>>,
     failures: AtomicU64,
     episodes: AtomicU64,
 }
@@ -26,6 +27,12 @@ impl DbHealth {
     /// "claiming jobs"). Logs a warning only when it opens an outage.
     pub fn failed(&self, what: &str, err: &DbError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        if !err.is_server_error() {
+            *self
+                .last_unreachable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         let mut down = self.lock();
         if down.is_none() {
             *down = Some(Instant::now());
@@ -51,6 +58,15 @@ impl DbHealth {
     /// Whether the last call failed.
     pub fn is_down(&self) -> bool {
         self.lock().is_some()
+    }
+
+    /// How long since this process last failed to reach the database
+    /// (`None`: never). A server that answered with an error does not count.
+    pub fn reachable_for(&self) -> Option<Duration> {
+        self.last_unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
     }
 
     /// Failed calls so far (each was retried or given up at shutdown).

@@ -160,7 +160,7 @@ impl Service {
             crate::db::migrate::check(&mut conn).map_err(db_err)?;
         }
         let heartbeat = Heartbeat::new(Arc::clone(&shared));
-        heartbeat.register().map_err(db_err)?;
+        heartbeat.register_at_start().map_err(db_err)?;
         Ok(Service::spawn_threads(shared, heartbeat))
     }
 

@@ -27,7 +27,10 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::cancel::Interrupt;
 use crate::consumer::{closed, write_until};
-use crate::db::jobs::{Job, job_cancel, job_fail, job_finish, job_start, status};
+use crate::db::jobs::{
+    Job, job_cancel, job_fail, job_finish, job_start, job_status_under_lease, status,
+};
+use crate::db::{DbError, PooledConn};
 use crate::metrics::Metrics;
 use crate::service::Shared;
 use crate::task::{Outcome, run_sleep, validate_sleep};
@@ -82,9 +85,14 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     let m = &shared.metrics;
     if let Err(reason) = validate_sleep(job.sleep) {
         log::warn!("job {} failed: {reason}", job.id);
-        return match write_until(shared, "failing a job", &ch.hard_stop, |c| {
-            job_fail(c, job.id, job.lease, status::QUEUED, &reason)
-        }) {
+        return match transition(
+            shared,
+            "failing a job",
+            &ch.hard_stop,
+            &job,
+            status::FAILED,
+            |c| job_fail(c, job.id, job.lease, status::QUEUED, &reason),
+        ) {
             Some(true) => {
                 Metrics::add(&m.failed, 1);
                 Handled::Rejected
@@ -96,9 +104,14 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     if !shared.bucket.take(&ch.stop_taking) || closed(&ch.stop_taking) {
         return Handled::NotStarted;
     }
-    match write_until(shared, "starting a job", &ch.stop_taking, |c| {
-        job_start(c, job.id, job.lease)
-    }) {
+    match transition(
+        shared,
+        "starting a job",
+        &ch.stop_taking,
+        &job,
+        status::STARTED,
+        |c| job_start(c, job.id, job.lease),
+    ) {
         Some(true) => Metrics::add(&m.started, 1),
         Some(false) => return lost(shared, &job, "starting"),
         None => return Handled::NotStarted,
@@ -112,15 +125,25 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     shared.registry.finish(job.id);
 
     let written = match &outcome {
-        Outcome::Done => write_until(shared, "finishing a job", &ch.hard_stop, |c| {
-            job_finish(c, job.id, job.lease)
-        })
+        Outcome::Done => transition(
+            shared,
+            "finishing a job",
+            &ch.hard_stop,
+            &job,
+            status::DONE,
+            |c| job_finish(c, job.id, job.lease),
+        )
         .map(|ok| (ok, &m.done)),
         Outcome::Failed(reason) => {
             log::warn!("job {} failed: {reason}", job.id);
-            write_until(shared, "failing a job", &ch.hard_stop, |c| {
-                job_fail(c, job.id, job.lease, status::STARTED, reason)
-            })
+            transition(
+                shared,
+                "failing a job",
+                &ch.hard_stop,
+                &job,
+                status::FAILED,
+                |c| job_fail(c, job.id, job.lease, status::STARTED, reason),
+            )
             .map(|ok| (ok, &m.failed))
         }
         // The canceller (here or elsewhere) already wrote the row.
@@ -130,9 +153,14 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
                 "cancelled: interrupted by shutdown, still running SHUTDOWN_TIMEOUT ({}) after the stop signal",
                 humantime::format_duration(shared.config.shutdown_timeout)
             );
-            write_until(shared, "cancelling a job at shutdown", &ch.hard_stop, |c| {
-                job_cancel(c, job.id, job.lease, &reason)
-            })
+            transition(
+                shared,
+                "cancelling a job at shutdown",
+                &ch.hard_stop,
+                &job,
+                status::CANCELLED,
+                |c| job_cancel(c, job.id, job.lease, &reason),
+            )
             .map(|ok| (ok, &m.cancelled))
         }
     };
@@ -147,6 +175,31 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
         ),
     }
     Handled::Ran(outcome)
+}
+
+/// Writes one transition of `job` until it lands (see [`write_until`]).
+/// When a retry finds nothing to change, it may be meeting its own earlier
+/// attempt, committed just before the connection broke: if the row already
+/// holds `target` under this lease, that attempt counts as landed.
+fn transition(
+    shared: &Shared,
+    what: &str,
+    stop: &Receiver<()>,
+    job: &Job,
+    target: &str,
+    mut write: impl FnMut(&mut PooledConn) -> Result<bool, DbError>,
+) -> Option<bool> {
+    let mut tries = 0;
+    write_until(shared, what, stop, |c| {
+        tries += 1;
+        if write(c)? {
+            return Ok(true);
+        }
+        if tries == 1 {
+            return Ok(false);
+        }
+        Ok(job_status_under_lease(c, job.id, job.lease)?.as_deref() == Some(target))
+    })
 }
 
 fn lost(shared: &Shared, job: &Job, doing: &str) -> Handled {

@@ -99,7 +99,17 @@ pub fn find_lost_sql(runs: &[Running]) -> String {
 /// them with `FOR UPDATE SKIP LOCKED`, marks them `QUEUED!` with `queued_at`,
 /// the owner and a new lease, and commits. Returns the claimed jobs, oldest
 /// first.
-pub fn job_claim_many(conn: &mut Conn, owner: &str, limit: usize) -> DbResult<Vec<Job>> {
+///
+/// If the commit fails, the claim may or may not have landed: the jobs are
+/// left in `in_doubt` for [`job_release_claims`] to settle once the database
+/// answers again; otherwise `in_doubt` is left empty.
+pub fn job_claim_many(
+    conn: &mut Conn,
+    owner: &str,
+    limit: usize,
+    in_doubt: &mut Vec<Job>,
+) -> DbResult<Vec<Job>> {
+    in_doubt.clear();
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -117,8 +127,7 @@ pub fn job_claim_many(conn: &mut Conn, owner: &str, limit: usize) -> DbResult<Ve
         ),
         params! { owner },
     )?;
-    tx.commit()?;
-    Ok(rows
+    let jobs: Vec<Job> = rows
         .into_iter()
         .map(|(id, object_id, sleep, lease)| Job {
             id,
@@ -126,7 +135,36 @@ pub fn job_claim_many(conn: &mut Conn, owner: &str, limit: usize) -> DbResult<Ve
             sleep,
             lease: lease + 1,
         })
-        .collect())
+        .collect();
+    in_doubt.clone_from(&jobs);
+    tx.commit()?;
+    in_doubt.clear();
+    Ok(jobs)
+}
+
+/// Puts claims back to new if they are still `QUEUED!` under their lease:
+/// settles a claim whose commit failed. Returns how many went back.
+pub fn job_release_claims(conn: &mut Conn, claims: &[Job]) -> DbResult<u64> {
+    let mut released = 0;
+    for job in claims {
+        conn.exec_drop(
+            "UPDATE jobs SET status = NULL, queued_at = NULL, owner = NULL \
+             WHERE id = :id AND lease = :lease AND status = 'QUEUED!'",
+            params! { "id" => job.id, "lease" => job.lease },
+        )?;
+        released += conn.affected_rows();
+    }
+    Ok(released)
+}
+
+/// A job's status if it is still under `lease`: tells whether a write whose
+/// reply was lost (the connection broke after the commit) did land.
+pub fn job_status_under_lease(conn: &mut Conn, id: u64, lease: u64) -> DbResult<Option<String>> {
+    let status: Option<Option<String>> = conn.exec_first(
+        "SELECT status FROM jobs WHERE id = :id AND lease = :lease",
+        params! { id, lease },
+    )?;
+    Ok(status.flatten())
 }
 
 /// Marks a claimed job `STARTED!` with `started_at`, if this claim still

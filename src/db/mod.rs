@@ -30,6 +30,23 @@ pub enum DbError {
     /// The schema is missing or not what the service needs.
     #[error("{0}")]
     Schema(String),
+    /// Another live replica uses this replica's name.
+    #[error("{0}")]
+    NameInUse(String),
+}
+
+impl DbError {
+    /// The server answered with an error (a constraint, a lock wait timeout,
+    /// a missing table): it is reachable. Anything else means it could not be
+    /// reached or the connection broke.
+    pub fn is_server_error(&self) -> bool {
+        matches!(
+            self,
+            DbError::Mysql(mysql::Error::MySqlError(_))
+                | DbError::Schema(_)
+                | DbError::NameInUse(_)
+        )
+    }
 }
 
 /// Result of a database call.
@@ -114,7 +131,12 @@ impl Db {
     pub fn wait_ready(&self, timeout: Duration) -> DbResult<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let attempt = self.conn().and_then(|mut c| Ok(c.query_drop("SELECT 1")?));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = self
+                .pool
+                .get_timeout(left.clamp(Duration::from_millis(100), Duration::from_secs(5)))
+                .map_err(DbError::from)
+                .and_then(|mut c| Ok(c.query_drop("SELECT 1")?));
             match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e),

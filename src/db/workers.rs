@@ -81,3 +81,12 @@ pub fn worker_list_dead(conn: &mut Conn, dead_after: Duration) -> DbResult<Vec<S
         dead_after.as_micros()
     ))?)
 }
+
+/// How long ago `name` last beat, if it has a row.
+pub fn worker_heartbeat_age(conn: &mut Conn, name: &str) -> DbResult<Option<Duration>> {
+    let us: Option<Option<i64>> = conn.exec_first(
+        "SELECT TIMESTAMPDIFF(MICROSECOND, heartbeat_at, NOW(6)) FROM workers WHERE name = :name",
+        params! { name },
+    )?;
+    Ok(us.map(|us| Duration::from_micros(us.unwrap_or(0).max(0) as u64)))
+}

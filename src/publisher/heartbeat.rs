@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, never};
 
-use crate::db::DbResult;
-use crate::db::workers::{worker_heartbeat, worker_register};
+use crate::db::jobs::{job_cancel_owned, job_release_queued};
+use crate::db::workers::{worker_heartbeat, worker_heartbeat_age, worker_register};
+use crate::db::{DbError, DbResult};
 use crate::publisher::tick_loop;
 use crate::service::Shared;
 
@@ -36,6 +37,58 @@ impl Heartbeat {
             std::process::id(),
             crate::VERSION,
         )
+    }
+
+    /// Takes this replica's name at start-up. A row under the same name
+    /// with a fresh heartbeat is another live replica, or this one's previous
+    /// life (a restarted container keeps its host name and pid): wait until
+    /// it has been silent for `WORKER_DEAD_AFTER`, and refuse to start if it
+    /// keeps beating. Then whatever the name still holds was left by a dead
+    /// process: its `QUEUED!` jobs go back to new and its `STARTED!` jobs are
+    /// cancelled, before this replica claims anything.
+    pub fn register_at_start(&self) -> DbResult<()> {
+        let cfg = &self.shared.config;
+        let name = &self.shared.worker;
+        let deadline =
+            std::time::Instant::now() + cfg.worker_dead_after + cfg.heartbeat_interval * 2;
+        let mut warned = false;
+        loop {
+            let age = worker_heartbeat_age(&mut *self.shared.db.conn()?, name)?;
+            match age {
+                Some(age) if age < cfg.worker_dead_after => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(DbError::NameInUse(format!(
+                            "another live replica is using WORKER_NAME={name} (heartbeat {:.1}s ago): \
+                             give each replica its own name",
+                            age.as_secs_f64()
+                        )));
+                    }
+                    if !warned {
+                        log::warn!(
+                            "worker name {name} has a fresh heartbeat ({:.1}s ago): waiting until it is \
+                             silent for WORKER_DEAD_AFTER before taking the name",
+                            age.as_secs_f64()
+                        );
+                        warned = true;
+                    }
+                    std::thread::sleep(cfg.heartbeat_interval);
+                }
+                _ => break,
+            }
+        }
+        self.register()?;
+        let mut conn = self.shared.db.conn()?;
+        let released = job_release_queued(&mut conn, name)?;
+        let reason =
+            format!("cancelled: its worker {name} stopped without finishing it (restarted)");
+        let cancelled = job_cancel_owned(&mut conn, name, &reason)?;
+        if released + cancelled > 0 {
+            log::warn!(
+                "a previous process named {name} left {released} queued jobs (put back) and \
+                 {cancelled} started ones (cancelled)"
+            );
+        }
+        Ok(())
     }
 
     /// One beat. Returns `false` when the row was gone and had to be

@@ -10,10 +10,10 @@
 //! next tick, so throughput is not capped at capacity / interval.
 
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::db::DbResult;
-use crate::db::jobs::{Job, job_claim_many};
+use crate::db::jobs::{Job, job_claim_many, job_release_claims};
 use crate::metrics::Metrics;
 use crate::publisher::{Trigger, tick_loop};
 use crate::service::Shared;
@@ -38,12 +38,19 @@ impl Claimed {
 pub struct JobsPublisher {
     shared: Arc<Shared>,
     tx: Sender<Job>,
+    /// Jobs of a claim whose commit failed: it may have landed, so they are
+    /// put back before the next claim.
+    in_doubt: Mutex<Vec<Job>>,
 }
 
 impl JobsPublisher {
     /// A publisher feeding `tx`.
     pub fn new(shared: Arc<Shared>, tx: Sender<Job>) -> JobsPublisher {
-        JobsPublisher { shared, tx }
+        JobsPublisher {
+            shared,
+            tx,
+            in_doubt: Mutex::new(Vec::new()),
+        }
     }
 
     /// Free room in the channel.
@@ -62,7 +69,14 @@ impl JobsPublisher {
         }
         let jobs = {
             let mut conn = self.shared.db.conn()?;
-            job_claim_many(&mut conn, &self.shared.worker, room)?
+            let mut in_doubt = self.in_doubt.lock().unwrap_or_else(|p| p.into_inner());
+            if !in_doubt.is_empty() {
+                let released = job_release_claims(&mut conn, &in_doubt)?;
+                log::info!("settled a claim whose commit failed: {released} jobs put back");
+                Metrics::add(&self.shared.metrics.released, released);
+                in_doubt.clear();
+            }
+            job_claim_many(&mut conn, &self.shared.worker, room, &mut in_doubt)?
         };
         let claimed = jobs.len();
         Metrics::add(&self.shared.metrics.claimed, claimed as u64);

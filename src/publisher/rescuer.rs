@@ -48,6 +48,18 @@ impl Rescuer {
     /// One pass.
     pub fn run_once(&self) -> DbResult<Rescued> {
         let dead_after = self.shared.config.worker_dead_after;
+        // After this replica could not reach the database, the others may
+        // not have either: their heartbeats are stale because of the outage,
+        // not because they died. Judge no one until every live replica has
+        // had WORKER_DEAD_AFTER of working database to beat again.
+        if let Some(quiet) = self.shared.health.reachable_for() {
+            if quiet < dead_after {
+                log::debug!(
+                    "rescuer: database back {quiet:?} ago; waiting WORKER_DEAD_AFTER before judging others"
+                );
+                return Ok(Rescued::default());
+            }
+        }
         let mut conn = self.shared.db.conn()?;
         // Owners first, live workers second: a replica registers before it
         // claims anything, so one that appears between the two reads is seen
