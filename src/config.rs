@@ -96,7 +96,7 @@ pub const VARS: &[Var] = &[
     Var {
         name: "HEARTBEAT_INTERVAL",
         default: "2s",
-        help: "how often this replica proves it is alive",
+        help: "how often this replica proves it is alive and looks for dead ones",
     },
     Var {
         name: "WORKER_DEAD_AFTER",

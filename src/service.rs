@@ -83,22 +83,22 @@ impl Shared {
 #[derive(Debug, Error)]
 pub enum StartError {
     /// The database did not answer within `DB_CONNECT_TIMEOUT`.
-    #[error("database at {url} not reachable within DB_CONNECT_TIMEOUT ({timeout}): {source}")]
+    #[error("database at {url} not reachable within DB_CONNECT_TIMEOUT ({timeout}): {cause}")]
     Unreachable {
         /// Where it tried, password redacted.
         url: String,
         /// How long it tried.
         timeout: String,
         /// The last error.
-        source: DbError,
+        cause: DbError,
     },
     /// The schema is missing or outdated, or registering failed.
-    #[error("database at {url}: {source}")]
+    #[error("database at {url}: {cause}")]
     Database {
         /// Where, password redacted.
         url: String,
         /// What failed.
-        source: DbError,
+        cause: DbError,
     },
 }
 
@@ -138,22 +138,22 @@ impl Service {
     /// thread.
     pub fn start(config: Config) -> Result<Service, StartError> {
         let url = config.redacted_url();
-        let shared = Shared::new(config).map_err(|source| StartError::Database {
+        let shared = Shared::new(config).map_err(|cause| StartError::Database {
             url: url.clone(),
-            source,
+            cause,
         })?;
         shared
             .db
             .wait_ready(shared.config.db_connect_timeout)
-            .map_err(|source| StartError::Unreachable {
+            .map_err(|cause| StartError::Unreachable {
                 url: url.clone(),
                 timeout: humantime::format_duration(shared.config.db_connect_timeout).to_string(),
-                source,
+                cause,
             })?;
         let shared = Arc::new(shared);
-        let db_err = |source| StartError::Database {
+        let db_err = |cause| StartError::Database {
             url: url.clone(),
-            source,
+            cause,
         };
         {
             let mut conn = shared.db.conn().map_err(db_err)?;

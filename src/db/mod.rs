@@ -21,18 +21,33 @@ use thiserror::Error;
 /// A database failure.
 #[derive(Debug, Error)]
 pub enum DbError {
+    // The messages carry their cause inline, and no variant reports it
+    // again as `source`: printed with its chain, an error would otherwise
+    // repeat the same text.
     /// No connection could be had from the pool in time.
     #[error("no database connection: {0}")]
-    Pool(#[from] r2d2::Error),
+    Pool(r2d2::Error),
     /// The server or the connection failed.
     #[error("{0}")]
-    Mysql(#[from] mysql::Error),
+    Mysql(mysql::Error),
     /// The schema is missing or not what the service needs.
     #[error("{0}")]
     Schema(String),
     /// Another live replica uses this replica's name.
     #[error("{0}")]
     NameInUse(String),
+}
+
+impl From<r2d2::Error> for DbError {
+    fn from(e: r2d2::Error) -> DbError {
+        DbError::Pool(e)
+    }
+}
+
+impl From<mysql::Error> for DbError {
+    fn from(e: mysql::Error) -> DbError {
+        DbError::Mysql(e)
+    }
 }
 
 impl DbError {

@@ -1,0 +1,480 @@
+//! In-process tests of the library: each publisher's `run_once` and the
+//! statements behind it, against a real database per test.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use background_processing::config::Config;
+use background_processing::consumer::canceller::cancel_one;
+use background_processing::db::jobs::{
+    CANCEL_OWNED_SQL, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL, RELEASE_UNOWNED_SQL, Running,
+    claim_select_sql, dead_select_sql, find_lost_sql, job_finish, job_release_queued, job_start,
+};
+use background_processing::db::migrate::migrate;
+use background_processing::publisher::canceller::CancellerPublisher;
+use background_processing::publisher::jobs::JobsPublisher;
+use background_processing::publisher::rescuer::Rescuer;
+use background_processing::publisher::watcher::Watcher;
+use background_processing::service::{Service, Shared};
+use crossbeam_channel::{RecvTimeoutError, bounded};
+use mysql::prelude::Queryable;
+use mysql::{Row, params};
+
+use crate::testdb::{CANCELLED, DONE, QUEUED, STARTED, TestDb, wait_until};
+
+fn config(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Config {
+    let mut map: HashMap<String, String> = [
+        ("DATABASE_URL", db.url()),
+        ("WORKER_NAME", worker),
+        ("JOBS_POLL_INTERVAL", "50ms"),
+        ("CANCELLER_POLL_INTERVAL", "50ms"),
+        ("HEARTBEAT_INTERVAL", "100ms"),
+        ("WORKER_DEAD_AFTER", "1s"),
+        ("RATE_LIMIT", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in vars {
+        map.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|k| map.get(k).cloned()).expect("test configuration is valid")
+}
+
+fn shared(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Arc<Shared> {
+    Arc::new(Shared::new(config(db, worker, vars)).expect("pool"))
+}
+
+fn insert_rows(db: &TestDb, n: usize, columns: &str, values: &str) {
+    let mut conn = db.conn();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let rows = vec![format!("({values})"); chunk.len()].join(",");
+        conn.query_drop(format!("INSERT INTO jobs ({columns}) VALUES {rows}"))
+            .unwrap();
+    }
+}
+
+#[test]
+fn two_publishers_never_claim_the_same_job() {
+    let db = TestDb::new("two_publishers");
+    insert_rows(&db, 3000, "object_id, sleep", "1, 0");
+    let claim_all = |worker: &'static str| {
+        let shared = shared(&db, worker, &[("CHANNEL_CAPACITY", "50")]);
+        let (tx, rx) = bounded(50);
+        let publisher = JobsPublisher::new(shared, tx);
+        move || {
+            let mut ids = Vec::new();
+            loop {
+                let claimed = publisher.run_once().expect("claim");
+                ids.extend(rx.try_iter().map(|j| j.id));
+                if claimed.claimed == 0 {
+                    return ids;
+                }
+            }
+        }
+    };
+    let (a, b) = (claim_all("a"), claim_all("b"));
+    let (ids_a, ids_b) = std::thread::scope(|s| {
+        let a = s.spawn(a);
+        let b = s.spawn(b);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let set_a: HashSet<u64> = ids_a.iter().copied().collect();
+    let set_b: HashSet<u64> = ids_b.iter().copied().collect();
+    assert_eq!(set_a.len(), ids_a.len(), "publisher a got a job twice");
+    assert_eq!(set_b.len(), ids_b.len(), "publisher b got a job twice");
+    assert!(
+        set_a.is_disjoint(&set_b),
+        "a job was claimed by both publishers"
+    );
+    assert_eq!(set_a.len() + set_b.len(), 3000, "every job claimed once");
+    assert!(
+        !ids_a.is_empty() && !ids_b.is_empty(),
+        "both publishers took part"
+    );
+    assert_eq!(db.count_status(QUEUED), 3000);
+    let owned_a: u64 = db.scalar("SELECT COUNT(*) FROM jobs WHERE owner = 'a' AND lease = 1");
+    assert_eq!(
+        owned_a as usize,
+        set_a.len(),
+        "rows carry their claimer and lease"
+    );
+}
+
+#[test]
+fn a_claim_takes_no_more_than_the_free_room() {
+    let db = TestDb::new("claim_room");
+    insert_rows(&db, 30, "object_id, sleep", "1, 0");
+    let shared = shared(&db, "w", &[]);
+    let (tx, rx) = bounded(10);
+    tx.send(background_processing::db::jobs::Job {
+        id: 0,
+        object_id: None,
+        sleep: None,
+        lease: 0,
+    })
+    .unwrap();
+    let publisher = JobsPublisher::new(shared, tx);
+    let claimed = publisher.run_once().unwrap();
+    assert_eq!((claimed.room, claimed.claimed), (9, 9));
+    assert!(claimed.filled());
+    assert_eq!(rx.len(), 10);
+    assert_eq!(
+        publisher.run_once().unwrap().claimed,
+        0,
+        "full channel: nothing claimed"
+    );
+    assert_eq!(db.count_status(QUEUED), 9);
+}
+
+/// Rows in every status, so the planner has real choices to make.
+fn fill_every_status(db: &TestDb, per_status: usize) {
+    insert_rows(db, per_status, "object_id, sleep", "1, 0");
+    for status in [
+        "QUEUED!",
+        "STARTED!",
+        "DONE!",
+        "CANCELLED!",
+        "FAILED!",
+        "MINE",
+    ] {
+        insert_rows(
+            db,
+            per_status,
+            "object_id, sleep, status, queued_at, started_at, finished_at, owner, lease",
+            &format!(
+                "1, 0, '{status}', NOW(6), NOW(6), NOW(6), 'w{}', 1",
+                per_status % 7
+            ),
+        );
+    }
+    db.exec("ANALYZE TABLE jobs");
+}
+
+fn explain(db: &TestDb, sql: &str, params: mysql::Params) -> Vec<(String, String, String)> {
+    let rows: Vec<Row> = db.conn().exec(format!("EXPLAIN {sql}"), params).unwrap();
+    rows.into_iter()
+        .map(|mut r| {
+            let get = |r: &mut Row, c: &str| -> String {
+                r.take_opt::<Option<String>, _>(c)
+                    .and_then(Result::ok)
+                    .flatten()
+                    .unwrap_or_default()
+            };
+            (
+                get(&mut r, "type"),
+                get(&mut r, "key"),
+                get(&mut r, "Extra"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_claim_and_scan_query_uses_an_index_range() {
+    let db = TestDb::new("explain");
+    fill_every_status(&db, 3000);
+    let runs = [Running { id: 1, lease: 1 }, Running { id: 5, lease: 1 }];
+    let owner = || params! { "owner" => "w1" };
+    let queries: Vec<(&str, String, mysql::Params)> = vec![
+        ("claim", claim_select_sql(100), mysql::Params::Empty),
+        (
+            "canceller",
+            dead_select_sql(Duration::from_secs(10), 100),
+            mysql::Params::Empty,
+        ),
+        (
+            "rescuer owners",
+            OWNERS_ACTIVE_SQL.into(),
+            mysql::Params::Empty,
+        ),
+        ("release queued", RELEASE_QUEUED_SQL.into(), owner()),
+        (
+            "cancel owned",
+            CANCEL_OWNED_SQL.into(),
+            params! { "owner" => "w1", "reason" => "r" },
+        ),
+        (
+            "release unowned",
+            RELEASE_UNOWNED_SQL.into(),
+            mysql::Params::Empty,
+        ),
+        ("watcher", find_lost_sql(&runs), mysql::Params::Empty),
+    ];
+    for (what, sql, params) in queries {
+        let plan = explain(&db, &sql, params);
+        assert!(!plan.is_empty(), "{what}: no plan");
+        for (kind, key, extra) in &plan {
+            assert_ne!(kind, "ALL", "{what}: full table scan\n{sql}\n{plan:?}");
+            assert!(
+                !extra.contains("filesort"),
+                "{what}: filesort\n{sql}\n{plan:?}"
+            );
+            assert!(
+                key.starts_with("jobs_") || key == "PRIMARY" || kind.is_empty(),
+                "{what}: no index used\n{sql}\n{plan:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn migrate_upgrades_a_table_made_by_the_original_service() {
+    let db = TestDb::empty("upgrade");
+    db.exec(
+        "CREATE TABLE jobs (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         object_id BIGINT NULL, sleep BIGINT NULL, status VARCHAR(32) NULL, \
+         created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), queued_at DATETIME(6) NULL, \
+         started_at DATETIME(6) NULL, finished_at DATETIME(6) NULL, cancelled_at DATETIME(6) NULL)",
+    );
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, status) VALUES (10, 1, 'DONE!'), (10, 1000, NULL)",
+    );
+    let report = migrate(db.url()).expect("migrate");
+    assert_eq!(report.added_columns, ["error", "owner", "lease"]);
+    assert_eq!(report.added_indexes.len(), 4);
+    let again = migrate(db.url()).expect("migrate twice");
+    assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
+    // The old rows are intact and the new one is claimable.
+    assert_eq!(db.count_status(DONE), 1);
+    let (tx, rx) = bounded(10);
+    let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
+        .run_once()
+        .unwrap();
+    assert_eq!(claimed.claimed, 1);
+    assert_eq!(rx.recv().unwrap().sleep, Some(1000));
+}
+
+#[test]
+fn the_canceller_cancels_a_dead_job_once() {
+    let db = TestDb::new("canceller_once");
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, status, queued_at, started_at, owner, lease) VALUES \
+         (1, NULL, 'STARTED!', NOW(6) - INTERVAL 2 SECOND, NOW(6) - INTERVAL 2 SECOND, 'x', 3), \
+         (2, NULL, 'STARTED!', NOW(6), NOW(6), 'x', 1)",
+    );
+    let shared = shared(&db, "w", &[("JOB_TIMEOUT", "1s")]);
+    let (tx, rx) = bounded(10);
+    let publisher = CancellerPublisher::new(Arc::clone(&shared), tx);
+    assert_eq!(
+        publisher.run_once().unwrap(),
+        1,
+        "only the job past its timeout"
+    );
+    let dead = rx.try_recv().unwrap();
+    assert_eq!(dead, Running { id: 1, lease: 3 });
+    let (_keep, stop) = bounded::<()>(0);
+    assert_eq!(cancel_one(&shared, dead, &stop), Some(true));
+    assert_eq!(
+        cancel_one(&shared, dead, &stop),
+        Some(false),
+        "second cancel changes nothing"
+    );
+    let job = db.job(1);
+    assert_eq!(job.status(), CANCELLED);
+    assert_eq!(job.finished_at, job.cancelled_at);
+    assert!(job.error_lower().contains("job_timeout"), "{:?}", job.error);
+    assert_eq!(db.job(2).status(), STARTED);
+}
+
+#[test]
+fn a_write_under_a_lost_lease_changes_nothing() {
+    let db = TestDb::new("fencing");
+    db.insert_job(Some(1), Some(0));
+    let (a, b) = (shared(&db, "a", &[]), shared(&db, "b", &[]));
+    let (tx_a, rx_a) = bounded(10);
+    JobsPublisher::new(Arc::clone(&a), tx_a).run_once().unwrap();
+    let job_a = rx_a.recv().unwrap();
+    // Replica a loses the job (its queue was released), b claims it.
+    assert_eq!(
+        job_release_queued(&mut a.db.conn().unwrap(), "a").unwrap(),
+        1
+    );
+    let (tx_b, rx_b) = bounded(10);
+    JobsPublisher::new(Arc::clone(&b), tx_b).run_once().unwrap();
+    let job_b = rx_b.recv().unwrap();
+    assert_eq!(job_b.id, job_a.id);
+    assert_eq!(job_b.lease, job_a.lease + 1);
+    let mut conn = a.db.conn().unwrap();
+    assert!(
+        !job_start(&mut conn, job_a.id, job_a.lease).unwrap(),
+        "a's late start refused"
+    );
+    assert!(job_start(&mut conn, job_b.id, job_b.lease).unwrap());
+    assert!(
+        !job_finish(&mut conn, job_a.id, job_a.lease).unwrap(),
+        "a's late finish refused"
+    );
+    assert_eq!(db.job(job_a.id).status(), STARTED);
+    assert!(job_finish(&mut conn, job_b.id, job_b.lease).unwrap());
+    assert_eq!(db.job(job_a.id).status(), DONE);
+    let owner: String = db.scalar(&format!("SELECT owner FROM jobs WHERE id = {}", job_a.id));
+    assert_eq!(owner, "b");
+}
+
+#[test]
+fn the_rescuer_gives_back_the_jobs_of_dead_workers_only() {
+    let db = TestDb::new("rescuer");
+    db.exec(
+        "INSERT INTO workers (name, host, pid, version, heartbeat_at) VALUES \
+         ('dead', 'h', 1, 'v', NOW(6) - INTERVAL 1 HOUR), ('live', 'h', 2, 'v', NOW(6))",
+    );
+    let cols = "object_id, sleep, status, queued_at, started_at, owner, lease";
+    insert_rows(&db, 3, cols, "1, 0, 'QUEUED!', NOW(6), NULL, 'dead', 1");
+    insert_rows(
+        &db,
+        2,
+        cols,
+        "2, NULL, 'STARTED!', NOW(6), NOW(6), 'dead', 1",
+    );
+    insert_rows(&db, 4, cols, "3, 0, 'QUEUED!', NOW(6), NULL, 'live', 1");
+    insert_rows(
+        &db,
+        1,
+        cols,
+        "4, NULL, 'STARTED!', NOW(6), NOW(6), 'live', 1",
+    );
+    insert_rows(&db, 2, cols, "5, 0, 'QUEUED!', NOW(6), NULL, 'gone', 1");
+    insert_rows(&db, 1, "object_id, sleep, status", "6, 0, 'QUEUED!'");
+    let rescuer = Rescuer::new(shared(&db, "me", &[]));
+    let out = rescuer.run_once().unwrap();
+    assert_eq!(out.dead_owners, ["dead", "gone"]);
+    assert_eq!(out.released, 3 + 2 + 1);
+    assert_eq!(out.cancelled, 2);
+    assert_eq!(out.removed_workers, 1);
+    assert_eq!(
+        db.count("status IS NULL AND owner IS NULL AND queued_at IS NULL"),
+        6
+    );
+    let cancelled = db.jobs_where("status = 'CANCELLED!'");
+    assert_eq!(cancelled.len(), 2);
+    for job in &cancelled {
+        assert!(job.error_lower().contains("dead"), "{:?}", job.error);
+        assert_eq!(job.finished_at, job.cancelled_at);
+    }
+    assert_eq!(
+        db.count("owner = 'live'"),
+        5,
+        "a live worker's jobs are untouched"
+    );
+    let workers: Vec<String> = db.conn().query("SELECT name FROM workers").unwrap();
+    assert_eq!(workers, ["live"]);
+    let again = rescuer.run_once().unwrap();
+    assert_eq!((again.released, again.cancelled), (0, 0));
+}
+
+#[test]
+fn a_task_cancelled_by_another_replica_is_interrupted_and_its_thread_moves_on() {
+    let db = TestDb::new("cross_cancel");
+    let stuck = db.insert_job(Some(1), None);
+    let service = Service::start(config(
+        &db,
+        "here",
+        &[("JOB_CONSUMERS", "1"), ("JOB_TIMEOUT", "1h")],
+    ))
+    .expect("service starts");
+    wait_until(Duration::from_secs(20), "the stuck job to start", || {
+        db.job(stuck).status() == STARTED
+    });
+    // Another replica's canceller cancels it.
+    db.exec(&format!(
+        "UPDATE jobs SET status = 'CANCELLED!', cancelled_at = NOW(6), finished_at = NOW(6), \
+         error = 'elsewhere' WHERE id = {stuck}"
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        "the task to be interrupted",
+        || service.shared().registry.is_empty(),
+    );
+    let next = db.insert_job(Some(2), Some(0));
+    wait_until(
+        Duration::from_secs(20),
+        "the only consumer to run the next job",
+        || db.job(next).status() == DONE,
+    );
+    let report = service.shutdown();
+    assert_eq!(report.stragglers, 0);
+    assert_eq!(
+        db.job(stuck).error.as_deref(),
+        Some("elsewhere"),
+        "the row is not rewritten"
+    );
+    assert_eq!(
+        db.count("owner = 'here' AND status IN ('QUEUED!', 'STARTED!')"),
+        0
+    );
+    let workers: u64 = db.scalar("SELECT COUNT(*) FROM workers");
+    assert_eq!(workers, 0, "a clean shutdown removes the worker's row");
+}
+
+#[test]
+fn the_watcher_sends_nothing_while_nothing_runs() {
+    let db = TestDb::new("watcher_idle");
+    let watcher = Watcher::new(shared(&db, "w", &[]));
+    assert_eq!(watcher.run_once().unwrap(), 0);
+}
+
+#[test]
+fn a_restarted_replica_clears_what_its_previous_life_held() {
+    let db = TestDb::new("restart_same_name");
+    db.exec("INSERT INTO workers (name, host, pid, version, heartbeat_at) VALUES ('pod-1', 'pod', 1, 'v', NOW(6) - INTERVAL 1 HOUR)");
+    let cols = "object_id, sleep, status, queued_at, started_at, owner, lease";
+    insert_rows(
+        &db,
+        2,
+        cols,
+        "1, 1000000000000, 'QUEUED!', NOW(6), NULL, 'pod-1', 1",
+    );
+    insert_rows(
+        &db,
+        1,
+        cols,
+        "2, NULL, 'STARTED!', NOW(6), NOW(6), 'pod-1', 1",
+    );
+    // Consumers busy elsewhere would hide the release: give it none to run.
+    let service = Service::start(config(
+        &db,
+        "pod-1",
+        &[("RATE_LIMIT", "1"), ("JOBS_POLL_INTERVAL", "1h")],
+    ))
+    .expect("starts under the dead name");
+    let cancelled = db.jobs_where("status = 'CANCELLED!'");
+    assert_eq!(cancelled.len(), 1);
+    assert!(
+        cancelled[0].error_lower().contains("restarted"),
+        "{:?}",
+        cancelled[0].error
+    );
+    assert_eq!(
+        db.count("object_id = 1 AND (status IS NULL OR lease = 2)"),
+        2,
+        "queued jobs went back"
+    );
+    service.shutdown();
+}
+
+#[test]
+fn a_name_held_by_a_live_replica_is_refused() {
+    let db = TestDb::new("name_in_use");
+    db.exec("INSERT INTO workers (name, host, pid, version) VALUES ('busy', 'h', 1, 'v')");
+    let (stop_beating, stopped) = bounded::<()>(0);
+    let beater = {
+        let mut conn = db.conn();
+        std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(50))
+            {
+                conn.query_drop("UPDATE workers SET heartbeat_at = NOW(6) WHERE name = 'busy'")
+                    .unwrap();
+            }
+        })
+    };
+    let err = Service::start(config(&db, "busy", &[]))
+        .err()
+        .expect("start must fail while the name is live");
+    drop(stop_beating);
+    beater.join().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("WORKER_NAME=busy"), "{msg}");
+}

@@ -1,0 +1,7 @@
+//! The `integration` test target: the real binary and the library against a
+//! MariaDB/MySQL server (DATABASE_URL, default mysql://root@127.0.0.1:3306;
+//! each test creates and drops its own `bp_test_*` database).
+
+mod binary;
+mod library;
+mod testdb;
