@@ -11,14 +11,21 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, select, tick};
 use mysql::prelude::Queryable;
 
+use crate::config::Config;
 use crate::db::{Db, DbResult};
 
 /// How often the seeder inserts a batch.
 pub const SEED_INTERVAL: Duration = Duration::from_secs(3);
 /// How often the table is read.
 pub const PRINT_INTERVAL: Duration = Duration::from_millis(500);
-/// How many of the latest jobs the table shows.
-pub const ROWS: usize = 9;
+/// How many of the latest jobs the table shows: enough batches to cover
+/// a stuck job's whole life (claim, `JOB_TIMEOUT`, the canceller's tick), so
+/// its `CANCELLED!` is still on screen when it happens.
+pub fn rows_to_show(config: &Config) -> usize {
+    let life = config.jobs_poll_interval + config.job_timeout + config.canceller_poll_interval;
+    let batches = life.as_millis().div_ceil(SEED_INTERVAL.as_millis()) as usize + 1;
+    3 * batches.clamp(3, 20)
+}
 
 /// Inserts one batch: object 10, sleeps of 1 s, NULL (stuck), 1 s.
 pub fn seed_once(db: &Db) -> DbResult<()> {
@@ -133,12 +140,13 @@ pub fn seeder(db: Db, stop: Receiver<()>) {
     }
 }
 
-/// Prints the table to stdout whenever it changes, until `stop` closes.
-pub fn printer(db: Db, stop: Receiver<()>) {
+/// Prints the table of the latest `rows` jobs to stdout whenever it
+/// changes, until `stop` closes.
+pub fn printer(db: Db, rows: usize, stop: Receiver<()>) {
     let ticker = tick(PRINT_INTERVAL);
     let mut last = String::new();
     loop {
-        match table(&db, ROWS) {
+        match table(&db, rows) {
             Ok(t) if t != last => {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "\n{t}");
@@ -152,5 +160,18 @@ pub fn printer(db: Db, stop: Receiver<()>) {
             recv(stop) -> _ => return,
             recv(ticker) -> _ => {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_covers_a_stuck_job_until_it_is_cancelled() {
+        let config = Config::from_lookup(|_| None).unwrap();
+        // 2 s claim + 10 s timeout + 2 s canceller tick = 14 s: five batches
+        // of three, plus the one inserted meanwhile.
+        assert_eq!(rows_to_show(&config), 18);
     }
 }

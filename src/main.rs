@@ -159,6 +159,7 @@ fn run(config: Config, with_demo: bool) -> anyhow::Result<()> {
         run_migrate(&config)?;
     }
     let demo_db = Db::new(&config.database_url, 2)?;
+    let demo_rows = demo::rows_to_show(&config);
     let service = Service::start(config)?;
     log::info!("started as worker {}", service.shared().worker);
     let (stop_demo, stop_demo_rx) = bounded::<()>(0);
@@ -170,7 +171,7 @@ fn run(config: Config, with_demo: bool) -> anyhow::Result<()> {
                 .spawn(move || demo::seeder(db1, s1))?,
             std::thread::Builder::new()
                 .name("demo-printer".into())
-                .spawn(move || demo::printer(db2, s2))?,
+                .spawn(move || demo::printer(db2, demo_rows, s2))?,
         ]
     } else {
         Vec::new()

@@ -15,7 +15,6 @@ use crossbeam_channel::{Receiver, never};
 use crate::cancel::Interrupt;
 use crate::db::DbResult;
 use crate::db::jobs::job_find_lost;
-use crate::metrics::Metrics;
 use crate::publisher::tick_loop;
 use crate::service::Shared;
 
@@ -53,8 +52,9 @@ impl Watcher {
                 .registry
                 .interrupt(id, lease, Interrupt::Cancelled)
             {
-                log::info!("job {id} was cancelled or taken elsewhere: interrupting its task");
-                Metrics::add(&self.shared.metrics.lost, 1);
+                log::info!(
+                    "job {id} is no longer STARTED! under this run (cancelled or rescued): interrupting its task"
+                );
                 interrupted += 1;
             }
         }
