@@ -17,21 +17,21 @@ use crate::db::DbError;
 #[derive(Debug, Default)]
 pub struct DbHealth {
     down_since: Mutex<Option<Instant>>,
-    last_unreachable: Mutex<Option<Instant>>,
     failures: AtomicU64,
     episodes: AtomicU64,
 }
 
 impl DbHealth {
     /// Records a failed database call by `what` (an operation, like
-    /// "claiming jobs"). Logs a warning only when it opens an outage.
+    /// "claiming jobs"). A connection failure logs a warning only when it
+    /// opens an outage; an error the server answered with is logged as is.
     pub fn failed(&self, what: &str, err: &DbError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        if !err.is_server_error() {
-            *self
-                .last_unreachable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if err.is_server_error() {
+            // The server is there and said no: not an outage, but worth a
+            // line each time (a lock wait timeout, a permission).
+            log::warn!("{what}: {err}; retrying");
+            return;
         }
         let mut down = self.lock();
         if down.is_none() {
@@ -43,7 +43,8 @@ impl DbHealth {
         }
     }
 
-    /// Records a successful database call; logs once when it ends an outage.
+    /// Records that the server answered (a connection was checked out and
+    /// pinged); logs once when that ends an outage.
     pub fn ok(&self) {
         let mut down = self.lock();
         if let Some(since) = down.take() {
@@ -58,15 +59,6 @@ impl DbHealth {
     /// Whether the last call failed.
     pub fn is_down(&self) -> bool {
         self.lock().is_some()
-    }
-
-    /// How long since this process last failed to reach the database
-    /// (`None`: never). A server that answered with an error does not count.
-    pub fn reachable_for(&self) -> Option<Duration> {
-        self.last_unreachable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
     }
 
     /// Failed calls so far (each was retried or given up at shutdown).
@@ -159,7 +151,7 @@ mod tests {
     #[test]
     fn one_outage_is_one_episode() {
         let health = DbHealth::default();
-        let err = DbError::Schema("gone".into());
+        let err = DbError::Mysql(mysql::Error::IoError(std::io::Error::other("gone")));
         for _ in 0..100 {
             health.failed("claiming jobs", &err);
         }
@@ -169,5 +161,16 @@ mod tests {
         assert!(!health.is_down());
         assert_eq!(health.episodes(), 1);
         assert_eq!(health.failures(), 100);
+    }
+
+    #[test]
+    fn an_error_the_server_answered_is_no_outage() {
+        let health = DbHealth::default();
+        health.failed(
+            "claiming jobs",
+            &DbError::Schema("table jobs is missing".into()),
+        );
+        assert!(!health.is_down());
+        assert_eq!(health.episodes(), 0);
     }
 }

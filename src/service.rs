@@ -31,9 +31,9 @@ use crate::db::jobs::{Job, Running, job_release_queued};
 use crate::db::workers::worker_remove;
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
-use crate::outage::{Backoff, DbHealth};
+use crate::outage::Backoff;
 use crate::publisher::canceller::CancellerPublisher;
-use crate::publisher::heartbeat::Heartbeat;
+use crate::publisher::heartbeat::{Heartbeat, Liveness};
 use crate::publisher::jobs::JobsPublisher;
 use crate::publisher::rescuer::Rescuer;
 use crate::publisher::watcher::Watcher;
@@ -51,8 +51,8 @@ pub struct Shared {
     pub config: Config,
     /// The connection pool.
     pub db: Db,
-    /// Outage tracking shared by all threads.
-    pub health: DbHealth,
+    /// When this replica's heartbeats have been landing steadily.
+    pub liveness: Liveness,
     /// Counters.
     pub metrics: Metrics,
     /// Tasks running in this process.
@@ -69,7 +69,7 @@ impl Shared {
         let db = Db::new(&config.database_url, config.db_pool_size)?;
         Ok(Shared {
             db,
-            health: DbHealth::default(),
+            liveness: Liveness::default(),
             metrics: Metrics::default(),
             registry: Registry::default(),
             bucket: Bucket::new(config.rate_limit),
@@ -340,12 +340,11 @@ fn release_queued(shared: &Shared, deadline: Instant) -> u64 {
             .and_then(|mut c| job_release_queued(&mut c, &shared.worker))
         {
             Ok(n) => {
-                shared.health.ok();
                 Metrics::add(&shared.metrics.released, n);
                 return n;
             }
             Err(e) => {
-                shared.health.failed("putting back waiting jobs", &e);
+                shared.db.health().failed("putting back waiting jobs", &e);
                 let wait = backoff.next_delay();
                 if Instant::now() + wait >= deadline {
                     log::warn!(
@@ -392,7 +391,7 @@ fn summary_line(shared: &Shared, since: &Totals) -> String {
         Metrics::get(&shared.metrics.released),
         Metrics::get(&shared.metrics.rescued),
         Metrics::get(&shared.metrics.lost),
-        shared.health.failures(),
+        shared.db.health().failures(),
     )
 }
 

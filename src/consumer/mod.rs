@@ -30,16 +30,15 @@ pub(crate) fn write_until<T>(
     stop: &Receiver<()>,
     mut write: impl FnMut(&mut PooledConn) -> Result<T, DbError>,
 ) -> Option<T> {
-    let mut backoff = Backoff::default();
+    // Short delays: a finished job's write should land soon after the
+    // database is back; one try a second at most is no load.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let result = shared.db.conn().and_then(|mut conn| write(&mut conn));
         match result {
-            Ok(v) => {
-                shared.health.ok();
-                return Some(v);
-            }
+            Ok(v) => return Some(v),
             Err(e) => {
-                shared.health.failed(what, &e);
+                shared.db.health().failed(what, &e);
                 crate::metrics::Metrics::add(&shared.metrics.db_retries, 1);
                 let delay: Duration = backoff.next_delay();
                 select! {

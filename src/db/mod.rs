@@ -12,11 +12,14 @@ pub mod migrate;
 pub mod stats;
 pub mod workers;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
 use thiserror::Error;
+
+use crate::outage::DbHealth;
 
 /// A database failure.
 #[derive(Debug, Error)]
@@ -64,6 +67,9 @@ impl DbError {
     }
 }
 
+/// How long a checkout waits for a connection before failing.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Result of a database call.
 pub type DbResult<T> = Result<T, DbError>;
 
@@ -99,6 +105,7 @@ impl r2d2::ManageConnection for Manager {
 #[derive(Clone)]
 pub struct Db {
     pool: r2d2::Pool<Manager>,
+    health: Arc<DbHealth>,
 }
 
 /// A pooled connection.
@@ -110,7 +117,7 @@ pub fn opts_from_url(url: &str) -> DbResult<OptsBuilder> {
     let opts =
         Opts::from_url(url).map_err(|e| DbError::Schema(format!("bad DATABASE_URL: {e}")))?;
     Ok(OptsBuilder::from_opts(opts)
-        .tcp_connect_timeout(Some(Duration::from_secs(5)))
+        .tcp_connect_timeout(Some(Duration::from_secs(2)))
         .read_timeout(Some(Duration::from_secs(30)))
         .write_timeout(Some(Duration::from_secs(30)))
         .tcp_keepalive_time_ms(Some(10_000))
@@ -129,16 +136,30 @@ impl Db {
         let pool = r2d2::Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
-            .connection_timeout(Duration::from_secs(5))
+            // Fail a checkout soon when the server is gone, so the outage is
+            // noticed (and logged) within about a second, not after 30 s.
+            .connection_timeout(CHECKOUT_TIMEOUT)
             .idle_timeout(Some(Duration::from_secs(300)))
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            health: Arc::new(DbHealth::default()),
+        })
     }
 
-    /// A connection from the pool.
+    /// A connection from the pool. r2d2 pings a connection before handing
+    /// it out, so success means the server answers: it ends an outage in
+    /// [`DbHealth`]. Callers report failures, naming what they were doing.
     pub fn conn(&self) -> DbResult<PooledConn> {
-        Ok(self.pool.get()?)
+        let conn = self.pool.get()?;
+        self.health.ok();
+        Ok(conn)
+    }
+
+    /// Outage tracking shared by everything that uses this pool.
+    pub fn health(&self) -> &DbHealth {
+        &self.health
     }
 
     /// Waits until the database answers, for at most `timeout`. Returns the

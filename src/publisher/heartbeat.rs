@@ -6,7 +6,8 @@
 //! long enough to be declared dead), its jobs were already rescued: it says
 //! so and registers again; its late writes are refused by the leases.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, never};
 
@@ -15,6 +16,44 @@ use crate::db::workers::{worker_heartbeat, worker_heartbeat_age, worker_register
 use crate::db::{DbError, DbResult};
 use crate::publisher::tick_loop;
 use crate::service::Shared;
+
+/// When this replica's heartbeats have been landing without a gap.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// (first beat of the current run of beats, latest beat)
+    beats: Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Liveness {
+    /// Records a heartbeat that landed. A gap of more than two intervals
+    /// since the previous one starts a new run.
+    pub fn beat(&self, interval: Duration) {
+        let now = Instant::now();
+        let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        *beats = match *beats {
+            Some((since, last)) if now.duration_since(last) <= max_gap(interval) => {
+                Some((since, now))
+            }
+            _ => Some((now, now)),
+        };
+    }
+
+    /// How long heartbeats have been landing without a gap, up to now; zero
+    /// if the latest is already overdue.
+    pub fn steady_for(&self, interval: Duration) -> Duration {
+        let now = Instant::now();
+        match *self.beats.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((since, last)) if now.duration_since(last) <= max_gap(interval) => {
+                now.duration_since(since)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+fn max_gap(interval: Duration) -> Duration {
+    interval * 2 + crate::db::CHECKOUT_TIMEOUT
+}
 
 /// The heartbeat publisher.
 pub struct Heartbeat {
@@ -36,7 +75,11 @@ impl Heartbeat {
             &crate::config::host_name(),
             std::process::id(),
             crate::VERSION,
-        )
+        )?;
+        self.shared
+            .liveness
+            .beat(self.shared.config.heartbeat_interval);
+        Ok(())
     }
 
     /// Takes this replica's name at start-up. A row under the same name
@@ -96,6 +139,9 @@ impl Heartbeat {
     pub fn run_once(&self) -> DbResult<bool> {
         let mut conn = self.shared.db.conn()?;
         if worker_heartbeat(&mut conn, &self.shared.worker)? {
+            self.shared
+                .liveness
+                .beat(self.shared.config.heartbeat_interval);
             return Ok(true);
         }
         log::warn!(

@@ -10,7 +10,7 @@ pub mod jobs;
 pub mod rescuer;
 pub mod watcher;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, never, select, tick};
 
@@ -31,7 +31,8 @@ pub(crate) enum Trigger {
 /// Runs `pass` once at start and then on every tick of `interval` until
 /// `stop` closes. A pass that returns `Ok(true)` asks to run again as soon
 /// as `wake` fires rather than at the next tick. A failed pass is reported
-/// to the shared health and retried after a backoff delay.
+/// to the pool's health and retried after a backoff delay (never longer
+/// than the interval).
 pub(crate) fn tick_loop(
     shared: &Shared,
     what: &str,
@@ -41,7 +42,12 @@ pub(crate) fn tick_loop(
     mut pass: impl FnMut(Trigger) -> DbResult<bool>,
 ) {
     let ticker = tick(interval);
-    let mut backoff = Backoff::default();
+    // Retry at least as often as the ticker would have: a heartbeat must not
+    // sit in a 5 s backoff after the database is back.
+    let mut backoff = Backoff::new(
+        Duration::from_millis(100).min(interval),
+        Duration::from_secs(5).min(interval),
+    );
     let mut retry_at: Option<Instant> = None;
     let mut eager = false;
     let mut due = Some(Trigger::Tick);
@@ -49,13 +55,12 @@ pub(crate) fn tick_loop(
         if let Some(trigger) = due.take() {
             match pass(trigger) {
                 Ok(again) => {
-                    shared.health.ok();
                     backoff.reset();
                     retry_at = None;
                     eager = again;
                 }
                 Err(e) => {
-                    shared.health.failed(what, &e);
+                    shared.db.health().failed(what, &e);
                     retry_at = Some(Instant::now() + backoff.next_delay());
                 }
             }

@@ -48,24 +48,24 @@ impl Rescuer {
     /// One pass.
     pub fn run_once(&self) -> DbResult<Rescued> {
         let dead_after = self.shared.config.worker_dead_after;
-        // After this replica could not reach the database, the others may
-        // not have either: their heartbeats are stale because of the outage,
-        // not because they died. Judge no one until every live replica has
-        // had WORKER_DEAD_AFTER of working database to beat again.
-        if let Some(quiet) = self.shared.health.reachable_for() {
-            if quiet < dead_after {
-                log::debug!(
-                    "rescuer: database back {quiet:?} ago; waiting WORKER_DEAD_AFTER before judging others"
-                );
-                return Ok(Rescued::default());
-            }
-        }
         let mut conn = self.shared.db.conn()?;
         // Owners first, live workers second: a replica registers before it
         // claims anything, so one that appears between the two reads is seen
         // as live, never as a dead owner.
         let owners = job_owners_active(&mut conn)?;
         let live = worker_list_live(&mut conn, dead_after)?;
+        // Judge others only while this replica's own heartbeat has been
+        // landing steadily for WORKER_DEAD_AFTER. After an outage (or a
+        // stall here) every replica's heartbeat is stale for the same reason:
+        // each gets that long, with a working database, to beat again.
+        let steady = self
+            .shared
+            .liveness
+            .steady_for(self.shared.config.heartbeat_interval);
+        if steady < dead_after {
+            log::debug!("rescuer: own heartbeat steady for {steady:?} only; judging no one yet");
+            return Ok(Rescued::default());
+        }
         let mut out = Rescued::default();
         for owner in owners {
             if owner == self.shared.worker || live.contains(&owner) {

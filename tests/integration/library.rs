@@ -13,6 +13,7 @@ use background_processing::db::jobs::{
 };
 use background_processing::db::migrate::migrate;
 use background_processing::publisher::canceller::CancellerPublisher;
+use background_processing::publisher::heartbeat::Heartbeat;
 use background_processing::publisher::jobs::JobsPublisher;
 use background_processing::publisher::rescuer::Rescuer;
 use background_processing::publisher::watcher::Watcher;
@@ -337,7 +338,18 @@ fn the_rescuer_gives_back_the_jobs_of_dead_workers_only() {
     );
     insert_rows(&db, 2, cols, "5, 0, 'QUEUED!', NOW(6), NULL, 'gone', 1");
     insert_rows(&db, 1, "object_id, sleep, status", "6, 0, 'QUEUED!'");
-    let rescuer = Rescuer::new(shared(&db, "me", &[]));
+    let me = shared(&db, "me", &[]);
+    let rescuer = Rescuer::new(Arc::clone(&me));
+    // It judges no one until its own heartbeat has landed steadily for
+    // WORKER_DEAD_AFTER (1 s here).
+    assert_eq!(rescuer.run_once().unwrap(), Default::default());
+    let heartbeat = Heartbeat::new(Arc::clone(&me));
+    heartbeat.register().unwrap();
+    wait_until(Duration::from_secs(10), "a steady heartbeat", || {
+        heartbeat.run_once().unwrap();
+        me.liveness.steady_for(me.config.heartbeat_interval) >= me.config.worker_dead_after
+    });
+    db.exec("UPDATE workers SET heartbeat_at = NOW(6) WHERE name = 'live'");
     let out = rescuer.run_once().unwrap();
     assert_eq!(out.dead_owners, ["dead", "gone"]);
     assert_eq!(out.released, 3 + 2 + 1);
@@ -358,8 +370,11 @@ fn the_rescuer_gives_back_the_jobs_of_dead_workers_only() {
         5,
         "a live worker's jobs are untouched"
     );
-    let workers: Vec<String> = db.conn().query("SELECT name FROM workers").unwrap();
-    assert_eq!(workers, ["live"]);
+    let workers: Vec<String> = db
+        .conn()
+        .query("SELECT name FROM workers ORDER BY name")
+        .unwrap();
+    assert_eq!(workers, ["live", "me"]);
     let again = rescuer.run_once().unwrap();
     assert_eq!((again.released, again.cancelled), (0, 0));
 }

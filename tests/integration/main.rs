@@ -4,4 +4,6 @@
 
 mod binary;
 mod library;
+mod proxy;
+mod replicas;
 mod testdb;
