@@ -21,14 +21,33 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner        VARCHAR(255)    NULL,
     -- Fencing token: incremented by every claim; every later write checks it.
     lease        BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    -- Task kind: which registered task runs the job.
+    kind         VARCHAR(64)     NOT NULL DEFAULT 'sleep',
+    -- The task's input, as JSON.
+    payload      JSON            NULL,
+    -- Higher runs first; then oldest first.
+    priority     INT             NOT NULL DEFAULT 0,
+    -- Not claimed before this time; NULL: as soon as possible.
+    run_at       DATETIME(6)     NULL,
+    -- Attempts started so far.
+    attempts     INT UNSIGNED    NOT NULL DEFAULT 0,
+    -- Attempts allowed; NULL: the service's MAX_ATTEMPTS.
+    max_attempts INT UNSIGNED    NULL,
+    -- Milliseconds a run may take; NULL: the service's JOB_TIMEOUT.
+    timeout      BIGINT UNSIGNED NULL,
+    -- When the running attempt times out (set when it starts).
+    deadline_at  DATETIME(6)     NULL,
+    -- Every failed attempt's error, one line each.
+    errors       TEXT            NULL,
     PRIMARY KEY (id),
-    -- Claims: status IS NULL, oldest first.
-    KEY jobs_status_id (status, id),
-    -- Canceller: STARTED! jobs by start time.
-    KEY jobs_status_started_at (status, started_at),
+    -- Claims: status IS NULL, highest priority first, then oldest.
+    KEY jobs_claim (status, priority DESC, id),
+    -- Canceller: STARTED! jobs by deadline (and by start time for rows
+    -- started before deadlines were recorded).
+    KEY jobs_deadline (status, deadline_at, started_at),
     -- Rescuer and shutdown release: a worker's QUEUED!/STARTED! jobs.
     KEY jobs_status_owner (status, owner),
-    -- stats: recent throughput.
+    -- stats (recent throughput) and the pruner (old final rows).
     KEY jobs_status_finished_at (status, finished_at)
 ) ENGINE = InnoDB;
 

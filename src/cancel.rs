@@ -7,7 +7,7 @@
 //! task from any thread, and its consumer takes the next job.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
@@ -25,10 +25,13 @@ pub enum Interrupt {
     Shutdown,
 }
 
-/// The task's side: wait on it, or poll it between steps of work.
+/// The task's side: wait on it, or poll it between steps of work. It
+/// remembers the interrupt once seen, so the consumer can tell afterwards
+/// whether the task was interrupted, whatever the task returned.
 #[derive(Debug)]
 pub struct Cancellation {
     rx: Receiver<Interrupt>,
+    seen: OnceLock<Interrupt>,
 }
 
 impl Cancellation {
@@ -36,29 +39,54 @@ impl Cancellation {
     pub fn never() -> Cancellation {
         let (tx, rx) = bounded(1);
         std::mem::forget(tx);
-        Cancellation { rx }
+        Cancellation::new(rx)
+    }
+
+    fn new(rx: Receiver<Interrupt>) -> Cancellation {
+        Cancellation {
+            rx,
+            seen: OnceLock::new(),
+        }
+    }
+
+    fn note(&self, why: Interrupt) -> Interrupt {
+        *self.seen.get_or_init(|| why)
     }
 
     /// Sleeps for `duration`, or until interrupted. `None` means the full
     /// duration elapsed.
     pub fn sleep(&self, duration: Duration) -> Option<Interrupt> {
+        if let Some(why) = self.seen.get() {
+            return Some(*why);
+        }
         match self.rx.recv_timeout(duration) {
-            Ok(why) => Some(why),
+            Ok(why) => Some(self.note(why)),
             Err(RecvTimeoutError::Timeout) => None,
             // The registry dropped the sender without a reason: treat as a
             // cancellation rather than run on unsupervised.
-            Err(RecvTimeoutError::Disconnected) => Some(Interrupt::Cancelled),
+            Err(RecvTimeoutError::Disconnected) => Some(self.note(Interrupt::Cancelled)),
         }
     }
 
     /// Waits until interrupted, however long that takes.
     pub fn wait(&self) -> Interrupt {
-        self.rx.recv().unwrap_or(Interrupt::Cancelled)
+        if let Some(why) = self.seen.get() {
+            return *why;
+        }
+        self.note(self.rx.recv().unwrap_or(Interrupt::Cancelled))
     }
 
-    /// Whether an interrupt is pending, without waiting.
+    /// Whether an interrupt came, without waiting.
     pub fn check(&self) -> Option<Interrupt> {
-        self.rx.try_recv().ok()
+        if let Some(why) = self.seen.get() {
+            return Some(*why);
+        }
+        self.rx.try_recv().ok().map(|why| self.note(why))
+    }
+
+    /// The interrupt, if one came (checked now, without waiting).
+    pub fn interrupted(&self) -> Option<Interrupt> {
+        self.check()
     }
 }
 
@@ -87,7 +115,7 @@ impl Registry {
                 tx,
             },
         );
-        Cancellation { rx }
+        Cancellation::new(rx)
     }
 
     /// Forgets job `id`.

@@ -103,6 +103,26 @@ pub const VARS: &[Var] = &[
         default: "10s",
         help: "a replica silent this long is dead (at least 3 heartbeats)",
     },
+    Var {
+        name: "MAX_ATTEMPTS",
+        default: "1",
+        help: "attempts a job gets when its max_attempts column is NULL",
+    },
+    Var {
+        name: "RETRY_BACKOFF",
+        default: "1s",
+        help: "delay before the first retry; doubles each attempt, with jitter, up to 1h",
+    },
+    Var {
+        name: "RETENTION",
+        default: "7d",
+        help: "final rows older than this are deleted; 0 keeps everything",
+    },
+    Var {
+        name: "PRUNE_INTERVAL",
+        default: "1m",
+        help: "how often old final rows are deleted",
+    },
 ];
 
 /// A bad environment variable.
@@ -151,6 +171,14 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// A replica whose heartbeat is older than this is dead.
     pub worker_dead_after: Duration,
+    /// Attempts a job gets when its `max_attempts` column is NULL.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles with each attempt.
+    pub retry_backoff: Duration,
+    /// Final rows older than this are deleted; `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// How often the pruner runs.
+    pub prune_interval: Duration,
 }
 
 impl Config {
@@ -225,6 +253,18 @@ impl Config {
             worker_name,
             heartbeat_interval,
             worker_dead_after,
+            max_attempts: count::<u32>(&get, "MAX_ATTEMPTS", 1)?,
+            retry_backoff: duration(&get, "RETRY_BACKOFF", "1s")?,
+            retention: match get("RETENTION") {
+                Some(v) if v.trim() == "0" => None,
+                Some(v) => Some(parse_duration(
+                    "RETENTION",
+                    &v,
+                    "0 (keep everything) or a duration like 7d or 12h",
+                )?),
+                None => Some(Duration::from_secs(7 * 24 * 3600)),
+            },
+            prune_interval: duration(&get, "PRUNE_INTERVAL", "1m")?,
         })
     }
 
@@ -244,7 +284,8 @@ impl fmt::Debug for Config {
             "DATABASE_URL={} JOBS_POLL_INTERVAL={} CANCELLER_POLL_INTERVAL={} JOB_TIMEOUT={} \
              JOB_CONSUMERS={} CANCELLER_CONSUMERS={} RATE_LIMIT={} CHANNEL_CAPACITY={} \
              DB_POOL_SIZE={} SHUTDOWN_TIMEOUT={} DB_CONNECT_TIMEOUT={} LOG_LEVEL={} \
-             WORKER_NAME={} HEARTBEAT_INTERVAL={} WORKER_DEAD_AFTER={}",
+             WORKER_NAME={} HEARTBEAT_INTERVAL={} WORKER_DEAD_AFTER={} MAX_ATTEMPTS={} \
+             RETRY_BACKOFF={} RETENTION={} PRUNE_INTERVAL={}",
             self.redacted_url(),
             d(self.jobs_poll_interval),
             d(self.canceller_poll_interval),
@@ -260,6 +301,10 @@ impl fmt::Debug for Config {
             self.worker_name,
             d(self.heartbeat_interval),
             d(self.worker_dead_after),
+            self.max_attempts,
+            d(self.retry_backoff),
+            self.retention.map(d).unwrap_or_else(|| "0".into()),
+            d(self.prune_interval),
         )
     }
 }
@@ -319,11 +364,11 @@ fn validate_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn count(
+fn count<T: TryFrom<u64>>(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
+    default: T,
+) -> Result<T, ConfigError> {
     match get(var) {
         Some(v) => parse_count(var, &v),
         None => Ok(default),
@@ -350,12 +395,20 @@ fn duration(
     default: &str,
 ) -> Result<Duration, ConfigError> {
     let value = get(var).unwrap_or_else(|| default.to_string());
+    parse_duration(
+        var,
+        &value,
+        "a duration of at least 1ms, like 500ms, 2s or 1m",
+    )
+}
+
+fn parse_duration(var: &'static str, value: &str, expected: &str) -> Result<Duration, ConfigError> {
     match humantime::parse_duration(value.trim()) {
         Ok(d) if d >= Duration::from_millis(1) => Ok(d),
         _ => Err(ConfigError {
             var,
-            value,
-            expected: "a duration of at least 1ms, like 500ms, 2s or 1m".into(),
+            value: value.to_string(),
+            expected: expected.into(),
         }),
     }
 }
@@ -425,6 +478,10 @@ mod tests {
             "WORKER_NAME",
             "HEARTBEAT_INTERVAL",
             "WORKER_DEAD_AFTER",
+            "MAX_ATTEMPTS",
+            "RETRY_BACKOFF",
+            "RETENTION",
+            "PRUNE_INTERVAL",
         ] {
             assert!(
                 VARS.iter().any(|v| v.name == name),
@@ -447,6 +504,10 @@ mod tests {
             ("JOB_TIMEOUT", "0s"),
             ("SHUTDOWN_TIMEOUT", "10"),
             ("LOG_LEVEL", "loud"),
+            ("MAX_ATTEMPTS", "0"),
+            ("RETRY_BACKOFF", "soon"),
+            ("RETENTION", "forever"),
+            ("PRUNE_INTERVAL", "0s"),
             ("DATABASE_URL", "postgres://x/y"),
             ("DATABASE_URL", "mysql://127.0.0.1:3306"),
         ];
@@ -457,6 +518,19 @@ mod tests {
             assert!(msg.starts_with(var), "{msg}");
             assert!(msg.contains("expected"), "{msg}");
         }
+    }
+
+    #[test]
+    fn retention_zero_keeps_everything() {
+        assert_eq!(config(&[("RETENTION", "0")]).unwrap().retention, None);
+        assert_eq!(
+            config(&[("RETENTION", "12h")]).unwrap().retention,
+            Some(Duration::from_secs(12 * 3600))
+        );
+        let c = config(&[]).unwrap();
+        assert_eq!(c.retention, Some(Duration::from_secs(7 * 24 * 3600)));
+        assert_eq!(c.max_attempts, 1);
+        assert_eq!(c.retry_backoff, Duration::from_secs(1));
     }
 
     #[test]

@@ -20,7 +20,12 @@
 //! | `watcher` | interrupts tasks whose job was cancelled or rescued elsewhere |
 //! | `heartbeat` | keeps this replica's row in `workers` fresh |
 //! | `rescuer` | gives back the jobs of replicas whose heartbeat stopped |
+//! | `pruner` | deletes final rows older than `RETENTION` |
 //! | `summary` | logs what was done every minute |
+//!
+//! What a job does is a [`task::Task`] registered under the row's `kind`;
+//! [`runner::Runner`] runs the service with the kinds a program registers
+//! (the binary registers `sleep`).
 //!
 //! All SQL lives in [`db`], one function per statement; every job
 //! transition is conditional on the status and lease (fencing token) it
@@ -43,6 +48,7 @@ pub mod demo;
 pub mod metrics;
 pub mod outage;
 pub mod publisher;
+pub mod runner;
 pub mod service;
 pub mod shutdown;
 pub mod task;

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub done: AtomicU64,
     /// Jobs cancelled by this replica's canceller, rescuer or shutdown.
     pub cancelled: AtomicU64,
+    /// Attempts that failed with a retryable error and were put back.
+    pub retried: AtomicU64,
     /// Jobs marked `FAILED!` by this replica.
     pub failed: AtomicU64,
     /// Jobs put back to new (shutdown release, rescue of dead replicas).

@@ -101,10 +101,7 @@ impl Backoff {
             .saturating_mul(1u32 << self.attempt.min(16))
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
-        // "Equal jitter": half fixed, half random, so replicas that lost the
-        // database together do not come back in lockstep.
-        let half = exp / 2;
-        half + half.mul_f64(jitter())
+        equal_jitter(exp)
     }
 
     /// Back to the first delay after a success.
@@ -117,6 +114,14 @@ impl Default for Backoff {
     fn default() -> Backoff {
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
     }
+}
+
+/// "Equal jitter": half of `d` fixed, half random, so replicas that lost the
+/// database together do not come back in lockstep, and a delay drawn for a
+/// doubled `d` is never shorter than one drawn for `d`.
+pub fn equal_jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(jitter())
 }
 
 /// A number in [0, 1) that differs between threads and calls; good enough

@@ -27,7 +27,7 @@ use crate::bucket::Bucket;
 use crate::cancel::{Interrupt, Registry};
 use crate::config::Config;
 use crate::consumer;
-use crate::db::jobs::{Job, Running, job_release_queued};
+use crate::db::jobs::{Dead, Job, job_release_queued};
 use crate::db::workers::worker_remove;
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
@@ -35,8 +35,10 @@ use crate::outage::Backoff;
 use crate::publisher::canceller::CancellerPublisher;
 use crate::publisher::heartbeat::{Heartbeat, Liveness};
 use crate::publisher::jobs::JobsPublisher;
+use crate::publisher::pruner::Pruner;
 use crate::publisher::rescuer::Rescuer;
 use crate::publisher::watcher::Watcher;
+use crate::task::Tasks;
 
 /// How often the summary line is logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
@@ -61,11 +63,14 @@ pub struct Shared {
     pub bucket: Bucket,
     /// This replica's name, as written in `jobs.owner` and `workers.name`.
     pub worker: String,
+    /// The task kinds this replica runs.
+    pub tasks: Tasks,
 }
 
 impl Shared {
-    /// Shared state for `config`, with a pool that connects lazily.
-    pub fn new(config: Config) -> Result<Shared, DbError> {
+    /// Shared state for `config`, running `tasks`, with a pool that
+    /// connects lazily.
+    pub fn new(config: Config, tasks: Tasks) -> Result<Shared, DbError> {
         let db = Db::new(&config.database_url, config.db_pool_size)?;
         Ok(Shared {
             db,
@@ -74,6 +79,7 @@ impl Shared {
             registry: Registry::default(),
             bucket: Bucket::new(config.rate_limit),
             worker: config.worker_name.clone(),
+            tasks,
             config,
         })
     }
@@ -136,9 +142,9 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 impl Service {
     /// Connects, checks the schema, registers this replica and starts every
     /// thread.
-    pub fn start(config: Config) -> Result<Service, StartError> {
+    pub fn start(config: Config, tasks: Tasks) -> Result<Service, StartError> {
         let url = config.redacted_url();
-        let shared = Shared::new(config).map_err(|cause| StartError::Database {
+        let shared = Shared::new(config, tasks).map_err(|cause| StartError::Database {
             url: url.clone(),
             cause,
         })?;
@@ -173,7 +179,7 @@ impl Service {
         let (alive, consumers_alive) = bounded::<()>(0);
         let (jobs_tx, jobs_rx) = bounded::<Job>(cfg.channel_capacity);
         let (room_tx, room_rx) = bounded::<()>(1);
-        let (cancel_tx, cancel_rx) = bounded::<Running>(cfg.channel_capacity);
+        let (cancel_tx, cancel_rx) = bounded::<Dead>(cfg.channel_capacity);
 
         let publisher = JobsPublisher::new(Arc::clone(&shared), jobs_tx);
         let jobs_publisher = spawn("publisher-jobs".into(), move || {
@@ -217,6 +223,11 @@ impl Service {
         let r = Rescuer::new(Arc::clone(&shared));
         let stop = stop_rest_rx.clone();
         others.push(spawn("rescuer".into(), move || r.run(stop)));
+        if let Some(retention) = cfg.retention {
+            let p = Pruner::new(Arc::clone(&shared), retention);
+            let stop = stop_rest_rx.clone();
+            others.push(spawn("pruner".into(), move || p.run(stop)));
+        }
         let s = Arc::clone(&shared);
         others.push(spawn("summary".into(), move || {
             summary(s, jobs_rx, stop_rest_rx)

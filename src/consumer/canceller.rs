@@ -8,22 +8,27 @@
 //! watcher interrupts it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
 use crate::cancel::Interrupt;
 use crate::consumer::write_until;
-use crate::db::jobs::{Running, job_cancel};
+use crate::db::jobs::{Dead, job_cancel};
 use crate::metrics::Metrics;
 use crate::service::Shared;
 
 /// Cancels one dead job. Returns `Some(true)` if this call cancelled it,
 /// `Some(false)` if it had already ended or moved on, `None` if `stop`
 /// closed before the write landed.
-pub fn cancel_one(shared: &Shared, job: Running, stop: &Receiver<()>) -> Option<bool> {
+pub fn cancel_one(shared: &Shared, job: Dead, stop: &Receiver<()>) -> Option<bool> {
+    let (limit, source) = match job.timeout_ms {
+        Some(ms) => (Duration::from_millis(ms), "its timeout"),
+        None => (shared.config.job_timeout, "JOB_TIMEOUT"),
+    };
     let reason = format!(
-        "cancelled: still running {} after it started (JOB_TIMEOUT)",
-        humantime::format_duration(shared.config.job_timeout)
+        "cancelled: still running {} after it started ({source})",
+        humantime::format_duration(limit)
     );
     let cancelled = write_until(shared, "cancelling a job", stop, |conn| {
         job_cancel(conn, job.id, job.lease, &reason)
@@ -34,7 +39,7 @@ pub fn cancel_one(shared: &Shared, job: Running, stop: &Receiver<()>) -> Option<
             .registry
             .interrupt(job.id, Some(job.lease), Interrupt::Cancelled);
         log::info!(
-            "job {} cancelled: past JOB_TIMEOUT{}",
+            "job {} cancelled: past {source}{}",
             job.id,
             if here {
                 "; its task here was interrupted"
@@ -47,7 +52,7 @@ pub fn cancel_one(shared: &Shared, job: Running, stop: &Receiver<()>) -> Option<
 }
 
 /// One canceller consumer's loop: until the channel closes or `stop` does.
-pub fn run(shared: Arc<Shared>, rx: Receiver<Running>, stop: Receiver<()>) {
+pub fn run(shared: Arc<Shared>, rx: Receiver<Dead>, stop: Receiver<()>) {
     loop {
         let job = select! {
             recv(stop) -> _ => return,

@@ -2,7 +2,8 @@
 //!
 //! For each job taken from the channel a consumer:
 //!
-//! 1. checks the row's input; bad input (a negative `sleep`) becomes
+//! 1. finds the task registered for the row's `kind` and lets it check the
+//!    input; an unknown kind or bad input (a negative `sleep`) becomes
 //!    `FAILED!` with the reason, without ever starting;
 //! 2. takes a token from the replica's bucket (`RATE_LIMIT`);
 //! 3. commits `STARTED!` and `started_at` before the task begins, on
@@ -12,9 +13,10 @@
 //!    canceller, the watcher or the shutdown deadline can trigger; a panic
 //!    in the task becomes `FAILED!` with the panic message and the thread
 //!    carries on;
-//! 5. writes the final status (`DONE!`, `FAILED!`, or `CANCELLED!` after a
-//!    shutdown interrupt), again conditional on its lease, retrying through
-//!    database outages until it lands or the claim is found lost.
+//! 5. writes the outcome (`DONE!`; back to new with `run_at` pushed out
+//!    for a retryable error with attempts left; `FAILED!`; or `CANCELLED!`
+//!    after a shutdown interrupt), again conditional on its lease, retrying
+//!    through database outages until it lands or the claim is found lost.
 //!
 //! On shutdown (`stop_taking` closes) a consumer takes no new job; a job it
 //! had taken but not started stays `QUEUED!` and the shutdown release puts
@@ -22,18 +24,19 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::cancel::Interrupt;
 use crate::consumer::{closed, write_until};
 use crate::db::jobs::{
-    Job, job_cancel, job_fail, job_finish, job_start, job_status_under_lease, status,
+    Job, job_cancel, job_fail, job_finish, job_retry, job_start, job_status_under_lease, status,
 };
 use crate::db::{DbError, PooledConn};
 use crate::metrics::Metrics;
 use crate::service::Shared;
-use crate::task::{Outcome, run_sleep, validate_sleep};
+use crate::task::{JobContext, TaskError};
 
 /// The channels a jobs consumer works with.
 pub struct Channels {
@@ -80,10 +83,57 @@ pub fn run(shared: Arc<Shared>, ch: Channels) {
     }
 }
 
+/// How a run ended, as the consumer writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task succeeded: `DONE!`.
+    Done,
+    /// The task was interrupted: by a cancellation (the row already says
+    /// so) or by shutdown (`CANCELLED!` with the reason).
+    Interrupted(Interrupt),
+    /// A retryable error with attempts left: back to new after `delay`.
+    Retry {
+        /// The attempt's error, as written.
+        reason: String,
+        /// How long before it may be claimed again.
+        delay: Duration,
+    },
+    /// `FAILED!` with the reason.
+    Failed(String),
+}
+
 /// Runs one job through the steps above.
 pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     let m = &shared.metrics;
-    if let Err(reason) = validate_sleep(job.sleep) {
+    let ctx = JobContext {
+        id: job.id,
+        object_id: job.object_id,
+        sleep: job.sleep,
+        kind: job.kind.clone(),
+        payload: job.payload.clone(),
+        attempt: job.attempts.saturating_add(1),
+        max_attempts: job
+            .max_attempts
+            .unwrap_or(shared.config.max_attempts)
+            .max(1),
+        db: shared.db.clone(),
+    };
+    let checked = match shared.tasks.get(&job.kind) {
+        None => Err(format!(
+            "unknown task kind {:?}: this service runs {}",
+            job.kind,
+            shared.tasks.kinds().join(", ")
+        )),
+        Some(task) => {
+            catch_unwind(AssertUnwindSafe(|| task.validate(&ctx))).unwrap_or_else(|panic| {
+                Err(format!(
+                    "task validation panicked: {}",
+                    panic_message(&*panic)
+                ))
+            })
+        }
+    };
+    if let Err(reason) = checked {
         log::warn!("job {} failed: {reason}", job.id);
         return match transition(
             shared,
@@ -101,16 +151,20 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
             None => Handled::NotStarted,
         };
     }
+    let Some(task) = shared.tasks.get(&job.kind) else {
+        unreachable!("checked above");
+    };
     if !shared.bucket.take(&ch.stop_taking) || closed(&ch.stop_taking) {
         return Handled::NotStarted;
     }
+    let timeout = shared.config.job_timeout;
     match transition(
         shared,
         "starting a job",
         &ch.stop_taking,
         &job,
         status::STARTED,
-        |c| job_start(c, job.id, job.lease),
+        |c| job_start(c, job.id, job.lease, timeout),
     ) {
         Some(true) => Metrics::add(&m.started, 1),
         Some(false) => return lost(shared, &job, "starting"),
@@ -118,11 +172,9 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     }
 
     let cancel = shared.registry.start(job.id, job.lease);
-    let outcome =
-        catch_unwind(AssertUnwindSafe(|| run_sleep(job.sleep, &cancel))).unwrap_or_else(|panic| {
-            Outcome::Failed(format!("task panicked: {}", panic_message(&*panic)))
-        });
+    let result = catch_unwind(AssertUnwindSafe(|| task.run(&ctx, &cancel)));
     shared.registry.finish(job.id);
+    let outcome = judge(shared, &ctx, result, cancel.interrupted());
 
     let written = match &outcome {
         Outcome::Done => transition(
@@ -134,6 +186,20 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
             |c| job_finish(c, job.id, job.lease),
         )
         .map(|ok| (ok, &m.done)),
+        Outcome::Retry { reason, delay } => {
+            log::info!(
+                "job {} will be retried in {}: {reason}",
+                job.id,
+                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+            );
+            write_until(
+                shared,
+                "putting a job back for a retry",
+                &ch.hard_stop,
+                |c| job_retry(c, job.id, job.lease, reason, *delay),
+            )
+            .map(|ok| (ok, &m.retried))
+        }
         Outcome::Failed(reason) => {
             log::warn!("job {} failed: {reason}", job.id);
             transition(
@@ -176,6 +242,52 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     }
     Handled::Ran(outcome)
 }
+
+/// Turns what the task returned (or its panic) into the outcome to write.
+/// An interrupt wins over whatever the task returned: the run was ended
+/// from outside.
+pub fn judge(
+    shared: &Shared,
+    ctx: &JobContext,
+    result: std::thread::Result<Result<(), TaskError>>,
+    interrupted: Option<Interrupt>,
+) -> Outcome {
+    if let Some(why) = interrupted {
+        return Outcome::Interrupted(why);
+    }
+    let attempt = format!("attempt {}/{}", ctx.attempt, ctx.max_attempts);
+    match result {
+        Ok(Ok(())) => Outcome::Done,
+        Ok(Err(TaskError::Retryable(msg))) if ctx.attempt < ctx.max_attempts => Outcome::Retry {
+            reason: format!("{attempt}: {msg}"),
+            delay: retry_delay(shared.config.retry_backoff, ctx.attempt),
+        },
+        Ok(Err(TaskError::Retryable(msg) | TaskError::Permanent(msg))) => {
+            Outcome::Failed(format!("{attempt}: {msg}"))
+        }
+        Ok(Err(TaskError::Interrupted)) => Outcome::Failed(format!(
+            "{attempt}: the task reported an interrupt, but nothing interrupted it"
+        )),
+        Err(panic) => Outcome::Failed(format!(
+            "{attempt}: task panicked: {}",
+            panic_message(&*panic)
+        )),
+    }
+}
+
+/// Delay before retrying after failed attempt number `attempt` (from 1):
+/// `base` doubled for each attempt before, capped at [`RETRY_BACKOFF_CAP`],
+/// with "equal" jitter: until the cap, a later delay is never shorter than
+/// an earlier one.
+pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(RETRY_BACKOFF_CAP);
+    crate::outage::equal_jitter(exp)
+}
+
+/// The longest delay between two attempts.
+pub const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(3600);
 
 /// Writes one transition of `job` until it lands (see [`write_until`]).
 /// When a retry finds nothing to change, it may be meeting its own earlier

@@ -29,7 +29,7 @@ pub mod status {
 }
 
 /// A job claimed by this replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Job {
     /// Primary key.
     pub id: u64,
@@ -39,9 +39,43 @@ pub struct Job {
     pub sleep: Option<i64>,
     /// The fencing token this claim holds.
     pub lease: u64,
+    /// Which registered task runs it.
+    pub kind: String,
+    /// The task's input (JSON text), if any.
+    pub payload: Option<String>,
+    /// Attempts started before this claim.
+    pub attempts: u32,
+    /// Attempts allowed; `None`: the service's `MAX_ATTEMPTS`.
+    pub max_attempts: Option<u32>,
+    /// Milliseconds a run may take; `None`: the service's `JOB_TIMEOUT`.
+    pub timeout_ms: Option<u64>,
 }
 
-/// A `STARTED!` job the canceller should look at.
+type ClaimRow = (
+    u64,
+    Option<i64>,
+    Option<i64>,
+    u64,
+    String,
+    Option<String>,
+    u32,
+    Option<u32>,
+    Option<u64>,
+);
+
+/// A job past its deadline, for the canceller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dead {
+    /// Primary key.
+    pub id: u64,
+    /// The lease of the run to cancel.
+    pub lease: u64,
+    /// The job's own timeout in milliseconds, if it had one (else the
+    /// service's `JOB_TIMEOUT` applied).
+    pub timeout_ms: Option<u64>,
+}
+
+/// A `STARTED!` job run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Running {
     /// Primary key.
@@ -50,23 +84,40 @@ pub struct Running {
     pub lease: u64,
 }
 
-/// The claim query: the oldest new rows, skipping rows another replica is
-/// claiming right now. Uses the `(status, id)` index.
+/// The claim query: new rows that are due, highest priority first, then
+/// oldest, skipping rows another replica is claiming right now. Uses the
+/// `(status, priority DESC, id)` index; rows scheduled for later are
+/// filtered out as the range is read.
 pub fn claim_select_sql(limit: usize) -> String {
     format!(
-        "SELECT id, object_id, sleep, lease FROM jobs WHERE status IS NULL \
-         ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+        "SELECT id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout \
+         FROM jobs WHERE status IS NULL AND (run_at IS NULL OR run_at <= NOW(6)) \
+         ORDER BY priority DESC, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
     )
 }
 
-/// The canceller's query: jobs started longer than `timeout` ago, oldest
-/// first. Uses the `(status, started_at)` index.
+/// The canceller's query: running jobs past their deadline (set when they
+/// started, from the job's `timeout` or the service's `JOB_TIMEOUT`), and
+/// rows started before deadlines were recorded that have run longer than
+/// `timeout`. Both parts use the `(status, deadline_at, started_at)` index.
 pub fn dead_select_sql(timeout: Duration, limit: usize) -> String {
     format!(
-        "SELECT id, lease FROM jobs WHERE status = 'STARTED!' \
-         AND started_at < NOW(6) - INTERVAL {} MICROSECOND \
-         ORDER BY started_at LIMIT {limit}",
+        "(SELECT id, lease, timeout FROM jobs WHERE status = 'STARTED!' AND deadline_at < NOW(6) \
+         ORDER BY deadline_at LIMIT {limit}) \
+         UNION ALL \
+         (SELECT id, lease, timeout FROM jobs WHERE status = 'STARTED!' AND deadline_at IS NULL \
+         AND started_at < NOW(6) - INTERVAL {} MICROSECOND ORDER BY started_at LIMIT {limit})",
         timeout.as_micros()
+    )
+}
+
+/// Deletes up to `limit` final rows that finished before `age` ago. Uses the
+/// `(status, finished_at)` index.
+pub fn prune_sql(age: Duration, limit: usize) -> String {
+    format!(
+        "DELETE FROM jobs WHERE status IN ('DONE!', 'CANCELLED!', 'FAILED!') \
+         AND finished_at < NOW(6) - INTERVAL {} MICROSECOND LIMIT {limit}",
+        age.as_micros()
     )
 }
 
@@ -114,7 +165,7 @@ pub fn job_claim_many(
         return Ok(Vec::new());
     }
     let mut tx = conn.start_transaction(TxOpts::default())?;
-    let rows: Vec<(u64, Option<i64>, Option<i64>, u64)> = tx.query(claim_select_sql(limit))?;
+    let rows: Vec<ClaimRow> = tx.query(claim_select_sql(limit))?;
     if rows.is_empty() {
         tx.commit()?;
         return Ok(Vec::new());
@@ -129,12 +180,21 @@ pub fn job_claim_many(
     )?;
     let jobs: Vec<Job> = rows
         .into_iter()
-        .map(|(id, object_id, sleep, lease)| Job {
-            id,
-            object_id,
-            sleep,
-            lease: lease + 1,
-        })
+        .map(
+            |(id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout_ms)| {
+                Job {
+                    id,
+                    object_id,
+                    sleep,
+                    lease: lease + 1,
+                    kind,
+                    payload,
+                    attempts,
+                    max_attempts,
+                    timeout_ms,
+                }
+            },
+        )
         .collect();
     in_doubt.clone_from(&jobs);
     tx.commit()?;
@@ -167,21 +227,27 @@ pub fn job_status_under_lease(conn: &mut Conn, id: u64, lease: u64) -> DbResult<
     Ok(status.flatten())
 }
 
-/// Marks a claimed job `STARTED!` with `started_at`, if this claim still
-/// holds it. Committed before the task begins, so a job starts at most once.
-pub fn job_start(conn: &mut Conn, id: u64, lease: u64) -> DbResult<bool> {
+/// Marks a claimed job `STARTED!` with `started_at`, counts the attempt and
+/// sets its deadline (`timeout` milliseconds from now, the job's own
+/// `timeout` column winning), if this claim still holds it. Committed before
+/// the task begins, so an attempt starts at most once.
+pub fn job_start(conn: &mut Conn, id: u64, lease: u64, timeout: Duration) -> DbResult<bool> {
+    let default_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
     conn.exec_drop(
-        "UPDATE jobs SET status = 'STARTED!', started_at = NOW(6) \
+        "UPDATE jobs SET status = 'STARTED!', started_at = NOW(6), attempts = attempts + 1, \
+         deadline_at = NOW(6) + INTERVAL COALESCE(timeout, :default_ms) * 1000 MICROSECOND \
          WHERE id = :id AND lease = :lease AND status = 'QUEUED!'",
-        params! { id, lease },
+        params! { id, lease, default_ms },
     )?;
     Ok(conn.affected_rows() == 1)
 }
 
 /// Marks a running job `DONE!` with `finished_at`, if this run still holds it.
 pub fn job_finish(conn: &mut Conn, id: u64, lease: u64) -> DbResult<bool> {
+    // An earlier attempt's error no longer explains this row: clear it
+    // (`errors` keeps the history).
     conn.exec_drop(
-        "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6) \
+        "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6), error = NULL \
          WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
         params! { id, lease },
     )?;
@@ -191,6 +257,9 @@ pub fn job_finish(conn: &mut Conn, id: u64, lease: u64) -> DbResult<bool> {
 /// Marks a job `FAILED!` with the reason, if it is still in `expected`
 /// status (`QUEUED!` for bad input found before it starts, `STARTED!` for a
 /// task error) under this lease.
+///
+/// The reason also goes, as one more line, into `errors`, which keeps every
+/// failed attempt's error.
 pub fn job_fail(
     conn: &mut Conn,
     id: u64,
@@ -199,11 +268,39 @@ pub fn job_fail(
     reason: &str,
 ) -> DbResult<bool> {
     conn.exec_drop(
-        "UPDATE jobs SET status = 'FAILED!', finished_at = NOW(6), error = :reason \
+        "UPDATE jobs SET status = 'FAILED!', finished_at = NOW(6), error = :reason, \
+         errors = CONCAT(COALESCE(errors, ''), :reason, CHAR(10)) \
          WHERE id = :id AND lease = :lease AND status = :expected",
         params! { id, lease, expected, reason },
     )?;
     Ok(conn.affected_rows() == 1)
+}
+
+/// Puts a running job whose attempt failed with a retryable error back to
+/// new, not to be claimed before `delay` from now, keeping the error in
+/// `error` and as one more line in `errors`.
+pub fn job_retry(
+    conn: &mut Conn,
+    id: u64,
+    lease: u64,
+    reason: &str,
+    delay: Duration,
+) -> DbResult<bool> {
+    let delay_us = delay.as_micros().min(u64::MAX as u128) as u64;
+    conn.exec_drop(
+        "UPDATE jobs SET status = NULL, owner = NULL, queued_at = NULL, started_at = NULL, \
+         deadline_at = NULL, run_at = NOW(6) + INTERVAL :delay_us MICROSECOND, error = :reason, \
+         errors = CONCAT(COALESCE(errors, ''), :reason, CHAR(10)) \
+         WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
+        params! { id, lease, reason, delay_us },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
+/// Deletes up to `limit` final rows older than `age`; returns how many.
+pub fn job_prune(conn: &mut Conn, age: Duration, limit: usize) -> DbResult<u64> {
+    conn.query_drop(prune_sql(age, limit))?;
+    Ok(conn.affected_rows())
 }
 
 /// Cancels a running job: `CANCELLED!`, with `cancelled_at` and
@@ -220,14 +317,18 @@ pub fn job_cancel(conn: &mut Conn, id: u64, lease: u64, reason: &str) -> DbResul
 
 /// Up to `limit` jobs still `STARTED!` more than `timeout` after they
 /// started.
-pub fn job_find_dead(conn: &mut Conn, timeout: Duration, limit: usize) -> DbResult<Vec<Running>> {
+pub fn job_find_dead(conn: &mut Conn, timeout: Duration, limit: usize) -> DbResult<Vec<Dead>> {
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let rows: Vec<(u64, u64)> = conn.query(dead_select_sql(timeout, limit))?;
+    let rows: Vec<(u64, u64, Option<u64>)> = conn.query(dead_select_sql(timeout, limit))?;
     Ok(rows
         .into_iter()
-        .map(|(id, lease)| Running { id, lease })
+        .map(|(id, lease, timeout_ms)| Dead {
+            id,
+            lease,
+            timeout_ms,
+        })
         .collect())
 }
 

@@ -17,15 +17,28 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("error", "TEXT NULL"),
     ("owner", "VARCHAR(255) NULL"),
     ("lease", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+    ("kind", "VARCHAR(64) NOT NULL DEFAULT 'sleep'"),
+    ("payload", "JSON NULL"),
+    ("priority", "INT NOT NULL DEFAULT 0"),
+    ("run_at", "DATETIME(6) NULL"),
+    ("attempts", "INT UNSIGNED NOT NULL DEFAULT 0"),
+    ("max_attempts", "INT UNSIGNED NULL"),
+    ("timeout", "BIGINT UNSIGNED NULL"),
+    ("deadline_at", "DATETIME(6) NULL"),
+    ("errors", "TEXT NULL"),
 ];
 
 /// Indexes the service's queries need, with their columns.
 const INDEXES: &[(&str, &str)] = &[
-    ("jobs_status_id", "status, id"),
-    ("jobs_status_started_at", "status, started_at"),
+    ("jobs_claim", "status, priority DESC, id"),
+    ("jobs_deadline", "status, deadline_at, started_at"),
     ("jobs_status_owner", "status, owner"),
     ("jobs_status_finished_at", "status, finished_at"),
 ];
+
+/// Indexes of earlier versions that newer ones replace: dropped, since every
+/// index costs every write.
+const OBSOLETE_INDEXES: &[&str] = &["jobs_status_id", "jobs_status_started_at"];
 
 /// The statements of `schema.sql`, without comments.
 pub fn schema_statements() -> Vec<String> {
@@ -83,6 +96,8 @@ pub struct MigrateReport {
     pub added_columns: Vec<String>,
     /// Indexes added to an existing `jobs` table.
     pub added_indexes: Vec<String>,
+    /// Indexes of earlier versions dropped.
+    pub dropped_indexes: Vec<String>,
 }
 
 /// Applies the schema on an open connection.
@@ -108,6 +123,12 @@ pub fn apply(conn: &mut Conn, report: &mut MigrateReport) -> DbResult<()> {
         if !indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
             conn.query_drop(format!("ALTER TABLE jobs ADD INDEX `{name}` ({cols})"))?;
             report.added_indexes.push(name.to_string());
+        }
+    }
+    for name in OBSOLETE_INDEXES {
+        if indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+            conn.query_drop(format!("ALTER TABLE jobs DROP INDEX `{name}`"))?;
+            report.dropped_indexes.push(name.to_string());
         }
     }
     Ok(())

@@ -12,19 +12,19 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, never};
 
 use crate::db::DbResult;
-use crate::db::jobs::{Running, job_find_dead};
+use crate::db::jobs::{Dead, job_find_dead};
 use crate::publisher::tick_loop;
 use crate::service::Shared;
 
 /// The canceller publisher.
 pub struct CancellerPublisher {
     shared: Arc<Shared>,
-    tx: Sender<Running>,
+    tx: Sender<Dead>,
 }
 
 impl CancellerPublisher {
     /// A publisher feeding `tx`.
-    pub fn new(shared: Arc<Shared>, tx: Sender<Running>) -> CancellerPublisher {
+    pub fn new(shared: Arc<Shared>, tx: Sender<Dead>) -> CancellerPublisher {
         CancellerPublisher { shared, tx }
     }
 

@@ -7,6 +7,7 @@
 pub mod canceller;
 pub mod heartbeat;
 pub mod jobs;
+pub mod pruner;
 pub mod rescuer;
 pub mod watcher;
 

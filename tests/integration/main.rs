@@ -3,6 +3,7 @@
 //! each test creates and drops its own `bp_test_*` database).
 
 mod binary;
+mod kinds;
 mod library;
 mod proxy;
 mod replicas;
