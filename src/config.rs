@@ -217,11 +217,11 @@ impl Config {
             });
         }
         let worker_name = match get("WORKER_NAME") {
-            Some(name) if name.len() > 255 => {
+            Some(name) if !is_worker_name(&name) => {
                 return Err(ConfigError {
                     var: "WORKER_NAME",
                     value: name,
-                    expected: "at most 255 bytes".into(),
+                    expected: "at most 255 letters, digits and . _ - : @".into(),
                 });
             }
             Some(name) => name,
@@ -342,7 +342,23 @@ pub fn host_name() -> String {
 }
 
 fn default_worker_name() -> String {
-    format!("{}-{}", host_name(), std::process::id())
+    let host: String = host_name()
+        .chars()
+        .map(|c| if is_name_char(c) { c } else { '-' })
+        .take(200)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')
+}
+
+/// Worker names are written into SQL text by the claim (one statement of
+/// any batch size, never re-prepared), so they are kept to characters that
+/// need no quoting: what host names, pod names and pids are made of.
+pub fn is_worker_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.chars().all(is_name_char)
 }
 
 fn validate_url(url: &str) -> Result<(), ConfigError> {
@@ -504,6 +520,8 @@ mod tests {
             ("JOB_TIMEOUT", "0s"),
             ("SHUTDOWN_TIMEOUT", "10"),
             ("LOG_LEVEL", "loud"),
+            ("WORKER_NAME", "bob's"),
+            ("WORKER_NAME", "a b"),
             ("MAX_ATTEMPTS", "0"),
             ("RETRY_BACKOFF", "soon"),
             ("RETENTION", "forever"),

@@ -15,6 +15,8 @@
 //! |---|---|
 //! | `publisher-jobs` | claims new rows (`QUEUED!`) into the bounded jobs channel |
 //! | `consumer-jobs-N` | fixed pool behind a token bucket: `STARTED!`, runs the task, `DONE!` |
+//! | `starter` | writes the `STARTED!` of every consumer waiting, in one statement |
+//! | `completer` | writes `DONE!` in batches, every few milliseconds |
 //! | `publisher-canceller` | finds jobs running past `JOB_TIMEOUT` |
 //! | `consumer-canceller-N` | writes `CANCELLED!` and interrupts the task if it runs here |
 //! | `watcher` | interrupts tasks whose job was cancelled or rescued elsewhere |
@@ -39,6 +41,7 @@
 //! are interrupted and marked `CANCELLED!`; the other threads stop, the
 //! replica's row is removed, and the process exits 0. See [`service`].
 
+pub mod batch;
 pub mod bucket;
 pub mod cancel;
 pub mod config;

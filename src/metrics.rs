@@ -9,6 +9,8 @@ pub struct Metrics {
     pub claimed: AtomicU64,
     /// Jobs this replica started.
     pub started: AtomicU64,
+    /// Statements that started a batch of jobs.
+    pub start_batches: AtomicU64,
     /// Jobs this replica finished `DONE!`.
     pub done: AtomicU64,
     /// Jobs cancelled by this replica's canceller, rescuer or shutdown.

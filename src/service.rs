@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, at, bounded, select, tick};
 use thiserror::Error;
 
+use crate::batch::{Completer, Starter, run_completer, run_starter};
 use crate::bucket::Bucket;
 use crate::cancel::{Interrupt, Registry};
 use crate::config::Config;
@@ -186,7 +187,9 @@ impl Service {
             publisher.run(stop_claiming_rx, room_rx)
         });
 
-        let consumers = (0..cfg.job_consumers)
+        let (starter, start_rx) = Starter::new();
+        let (completer, done_rx) = Completer::new();
+        let mut consumers: Vec<JoinHandle<()>> = (0..cfg.job_consumers)
             .map(|i| {
                 let shared = Arc::clone(&shared);
                 let alive = alive.clone();
@@ -195,6 +198,8 @@ impl Service {
                     room_freed: room_tx.clone(),
                     stop_taking: stop_taking_rx.clone(),
                     hard_stop: hard_stop_rx.clone(),
+                    starter: starter.clone(),
+                    completer: completer.clone(),
                 };
                 spawn(format!("consumer-jobs-{i}"), move || {
                     let _alive = alive;
@@ -202,6 +207,21 @@ impl Service {
                 })
             })
             .collect();
+        // The batch writers stop once the last consumer is gone and what it
+        // sent is written; they count among the consumers shutdown waits for.
+        drop((starter, completer));
+        // One starter: measured, a second one only adds statements (each
+        // commit still waits for its own log flush on a busy server).
+        let (s, stop, a) = (Arc::clone(&shared), stop_taking_rx.clone(), alive.clone());
+        consumers.push(spawn("starter".into(), move || {
+            let _alive = a;
+            run_starter(&s, start_rx, stop)
+        }));
+        let (s, stop, a) = (Arc::clone(&shared), hard_stop_rx.clone(), alive.clone());
+        consumers.push(spawn("completer".into(), move || {
+            let _alive = a;
+            run_completer(&s, done_rx, stop)
+        }));
         drop(alive);
 
         let mut others = Vec::new();

@@ -8,12 +8,13 @@
 //! 2. takes a token from the replica's bucket (`RATE_LIMIT`);
 //! 3. commits `STARTED!` and `started_at` before the task begins, on
 //!    condition that its claim (lease) still holds: a job starts at most
-//!    once, even across crashes;
+//!    once, even across crashes (the [`Starter`] writes the starts of all
+//!    consumers waiting at that moment in one statement);
 //! 4. runs the task with a [`Cancellation`](crate::cancel::Cancellation) the
 //!    canceller, the watcher or the shutdown deadline can trigger; a panic
 //!    in the task becomes `FAILED!` with the panic message and the thread
 //!    carries on;
-//! 5. writes the outcome (`DONE!`; back to new with `run_at` pushed out
+//! 5. writes the outcome (`DONE!` through the [`Completer`], in batches; back to new with `run_at` pushed out
 //!    for a retryable error with attempts left; `FAILED!`; or `CANCELLED!`
 //!    after a shutdown interrupt), again conditional on its lease, retrying
 //!    through database outages until it lands or the claim is found lost.
@@ -28,11 +29,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
+use crate::batch::{Completer, Starter};
 use crate::cancel::Interrupt;
 use crate::consumer::{closed, write_until};
-use crate::db::jobs::{
-    Job, job_cancel, job_fail, job_finish, job_retry, job_start, job_status_under_lease, status,
-};
+use crate::db::jobs::{Job, job_cancel, job_fail, job_retry, job_status_under_lease, status};
 use crate::db::{DbError, PooledConn};
 use crate::metrics::Metrics;
 use crate::service::Shared;
@@ -48,6 +48,10 @@ pub struct Channels {
     pub stop_taking: Receiver<()>,
     /// Closes when in-flight writes must give up.
     pub hard_stop: Receiver<()>,
+    /// Writes `STARTED!` for the waiting consumers together.
+    pub starter: Starter,
+    /// Writes `DONE!` for finished jobs in batches.
+    pub completer: Completer,
 }
 
 /// What happened to one job in this consumer.
@@ -157,16 +161,10 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     if !shared.bucket.take(&ch.stop_taking) || closed(&ch.stop_taking) {
         return Handled::NotStarted;
     }
-    let timeout = shared.config.job_timeout;
-    match transition(
-        shared,
-        "starting a job",
-        &ch.stop_taking,
-        &job,
-        status::STARTED,
-        |c| job_start(c, job.id, job.lease, timeout),
-    ) {
-        Some(true) => Metrics::add(&m.started, 1),
+    // Wait until this job's STARTED! is committed (with whatever other
+    // consumers are starting at the same moment).
+    match ch.starter.start(&job) {
+        Some(true) => {}
         Some(false) => return lost(shared, &job, "starting"),
         None => return Handled::NotStarted,
     }
@@ -177,15 +175,11 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     let outcome = judge(shared, &ctx, result, cancel.interrupted());
 
     let written = match &outcome {
-        Outcome::Done => transition(
-            shared,
-            "finishing a job",
-            &ch.hard_stop,
-            &job,
-            status::DONE,
-            |c| job_finish(c, job.id, job.lease),
-        )
-        .map(|ok| (ok, &m.done)),
+        Outcome::Done => {
+            // Written with the next batch; counted there.
+            ch.completer.done(&job);
+            return Handled::Ran(outcome);
+        }
         Outcome::Retry { reason, delay } => {
             log::info!(
                 "job {} will be retried in {}: {reason}",

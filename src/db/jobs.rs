@@ -49,6 +49,8 @@ pub struct Job {
     pub max_attempts: Option<u32>,
     /// Milliseconds a run may take; `None`: the service's `JOB_TIMEOUT`.
     pub timeout_ms: Option<u64>,
+    /// Its priority (claims take higher first).
+    pub priority: i32,
 }
 
 type ClaimRow = (
@@ -61,6 +63,7 @@ type ClaimRow = (
     u32,
     Option<u32>,
     Option<u64>,
+    i32,
 );
 
 /// A job past its deadline, for the canceller.
@@ -88,10 +91,17 @@ pub struct Running {
 /// oldest, skipping rows another replica is claiming right now. Uses the
 /// `(status, priority DESC, id)` index; rows scheduled for later are
 /// filtered out as the range is read.
-pub fn claim_select_sql(limit: usize) -> String {
+pub fn claim_select_sql(limit: usize, after: Option<(i32, u64)>) -> String {
+    // Continuing after the last claim's (priority, id) skips the index
+    // entries of rows claimed moments ago, which purge has not removed yet:
+    // without it every claim rereads them, and gets slower as work flows.
+    let after = match after {
+        Some((p, id)) => format!(" AND (priority < {p} OR (priority = {p} AND id > {id}))"),
+        None => String::new(),
+    };
     format!(
-        "SELECT id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout \
-         FROM jobs WHERE status IS NULL AND (run_at IS NULL OR run_at <= NOW(6)) \
+        "SELECT id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout, priority \
+         FROM jobs WHERE status IS NULL AND (run_at IS NULL OR run_at <= NOW(6)){after} \
          ORDER BY priority DESC, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
     )
 }
@@ -132,7 +142,7 @@ pub const CANCEL_OWNED_SQL: &str = "UPDATE jobs SET status = 'CANCELLED!', cance
 
 /// Owners of `QUEUED!` and `STARTED!` jobs. Uses the `(status, owner)` index.
 pub const OWNERS_ACTIVE_SQL: &str = "SELECT DISTINCT owner FROM jobs \
-     WHERE status IN ('QUEUED!', 'STARTED!') AND owner IS NOT NULL";
+     WHERE status IN ('QUEUED!', 'STARTED!')";
 
 /// Puts ownerless `QUEUED!` rows back. Uses the `(status, owner)` index.
 pub const RELEASE_UNOWNED_SQL: &str =
@@ -153,11 +163,13 @@ pub fn find_lost_sql(runs: &[Running]) -> String {
 ///
 /// If the commit fails, the claim may or may not have landed: the jobs are
 /// left in `in_doubt` for [`job_release_claims`] to settle once the database
-/// answers again; otherwise `in_doubt` is left empty.
+/// answers again; otherwise `in_doubt` is left empty. With `after`, only rows
+/// ordered after that (priority, id) are considered.
 pub fn job_claim_many(
     conn: &mut Conn,
     owner: &str,
     limit: usize,
+    after: Option<(i32, u64)>,
     in_doubt: &mut Vec<Job>,
 ) -> DbResult<Vec<Job>> {
     in_doubt.clear();
@@ -165,23 +177,39 @@ pub fn job_claim_many(
         return Ok(Vec::new());
     }
     let mut tx = conn.start_transaction(TxOpts::default())?;
-    let rows: Vec<ClaimRow> = tx.query(claim_select_sql(limit))?;
+    let rows: Vec<ClaimRow> = tx.query(claim_select_sql(limit, after))?;
     if rows.is_empty() {
         tx.commit()?;
         return Ok(Vec::new());
     }
-    tx.exec_drop(
-        format!(
-            "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6), owner = :owner, \
-             lease = lease + 1 WHERE id IN ({}) AND status IS NULL",
-            id_list(rows.iter().map(|r| r.0))
-        ),
-        params! { owner },
-    )?;
+    // Text protocol: a prepared statement would be prepared anew for every
+    // batch size. The owner is a validated worker name (no quoting needed);
+    // refuse anything else rather than build SQL from it.
+    if !crate::config::is_worker_name(owner) {
+        return Err(super::DbError::Schema(format!(
+            "invalid worker name {owner:?}"
+        )));
+    }
+    tx.query_drop(format!(
+        "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6), owner = '{owner}', \
+         lease = lease + 1 WHERE id IN ({}) AND status IS NULL",
+        id_list(rows.iter().map(|r| r.0))
+    ))?;
     let jobs: Vec<Job> = rows
         .into_iter()
         .map(
-            |(id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout_ms)| {
+            |(
+                id,
+                object_id,
+                sleep,
+                lease,
+                kind,
+                payload,
+                attempts,
+                max_attempts,
+                timeout_ms,
+                priority,
+            )| {
                 Job {
                     id,
                     object_id,
@@ -192,6 +220,7 @@ pub fn job_claim_many(
                     attempts,
                     max_attempts,
                     timeout_ms,
+                    priority,
                 }
             },
         )
@@ -200,6 +229,18 @@ pub fn job_claim_many(
     tx.commit()?;
     in_doubt.clear();
     Ok(jobs)
+}
+
+/// Whether any new row is due, by a plain read (no transaction, no
+/// locks): an idle replica asks this instead of opening a claim
+/// transaction on every tick. Uses the claim index.
+pub const CLAIMABLE_SQL: &str = "SELECT 1 FROM jobs WHERE status IS NULL \
+     AND (run_at IS NULL OR run_at <= NOW(6)) LIMIT 1";
+
+/// See [`CLAIMABLE_SQL`].
+pub fn job_any_claimable(conn: &mut Conn) -> DbResult<bool> {
+    let found: Option<u8> = conn.query_first(CLAIMABLE_SQL)?;
+    Ok(found.is_some())
 }
 
 /// Puts claims back to new if they are still `QUEUED!` under their lease:
@@ -346,10 +387,11 @@ pub fn job_cancel_owned(conn: &mut Conn, owner: &str, reason: &str) -> DbResult<
     Ok(conn.affected_rows())
 }
 
-/// Owners of `QUEUED!` or `STARTED!` jobs: the rescuer compares them with the
-/// live workers. Uses the `(status, owner)` index.
-pub fn job_owners_active(conn: &mut Conn) -> DbResult<Vec<String>> {
-    let mut owners: Vec<String> = conn.query(OWNERS_ACTIVE_SQL)?;
+/// Owners of `QUEUED!` or `STARTED!` jobs (`None`: rows left without an
+/// owner by the original service): the rescuer compares them with the live
+/// workers. Uses the `(status, owner)` index.
+pub fn job_owners_active(conn: &mut Conn) -> DbResult<Vec<Option<String>>> {
+    let mut owners: Vec<Option<String>> = conn.query(OWNERS_ACTIVE_SQL)?;
     owners.sort();
     owners.dedup();
     Ok(owners)
@@ -374,4 +416,66 @@ pub fn job_find_lost(conn: &mut Conn, runs: &[Running]) -> DbResult<Vec<u64>> {
 pub fn job_release_unowned(conn: &mut Conn) -> DbResult<u64> {
     conn.query_drop(RELEASE_UNOWNED_SQL)?;
     Ok(conn.affected_rows())
+}
+
+/// `lease = CASE id WHEN 1 THEN 7 ... END`: each row's own lease in one
+/// condition, so a batch stays one statement that reads rows by primary key.
+fn lease_matches(jobs: &[(u64, u64)]) -> String {
+    let mut s = String::from("lease = CASE id");
+    for (id, lease) in jobs {
+        s.push_str(&format!(" WHEN {id} THEN {lease}"));
+    }
+    s.push_str(" END");
+    s
+}
+
+/// Marks a batch of claimed jobs `STARTED!` in one statement, as
+/// [`job_start`] does for one. Returns how many rows changed.
+pub fn job_start_many(conn: &mut Conn, jobs: &[(u64, u64)], timeout: Duration) -> DbResult<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let default_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+    conn.query_drop(format!(
+        "UPDATE jobs SET status = 'STARTED!', started_at = NOW(6), attempts = attempts + 1, \
+         deadline_at = NOW(6) + INTERVAL COALESCE(timeout, {default_ms}) * 1000 MICROSECOND \
+         WHERE id IN ({}) AND status = 'QUEUED!' AND {}",
+        id_list(jobs.iter().map(|j| j.0)),
+        lease_matches(jobs)
+    ))?;
+    Ok(conn.affected_rows())
+}
+
+/// Marks a batch of running jobs `DONE!` in one statement, as
+/// [`job_finish`] does for one. Returns how many rows changed.
+pub fn job_finish_many(conn: &mut Conn, jobs: &[(u64, u64)]) -> DbResult<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    conn.query_drop(format!(
+        "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6), error = NULL \
+         WHERE id IN ({}) AND status = 'STARTED!' AND {}",
+        id_list(jobs.iter().map(|j| j.0)),
+        lease_matches(jobs)
+    ))?;
+    Ok(conn.affected_rows())
+}
+
+/// Of the given (id, lease) pairs, the ids whose row is in `status` under
+/// that lease.
+pub fn jobs_in_status(conn: &mut Conn, jobs: &[(u64, u64)], status: &str) -> DbResult<Vec<u64>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    // `status` is one of this module's constants, never input: inlined, so
+    // the statement is not prepared for every batch size.
+    let rows: Vec<(u64, u64)> = conn.query(format!(
+        "SELECT id, lease FROM jobs WHERE id IN ({}) AND status = '{status}'",
+        id_list(jobs.iter().map(|j| j.0))
+    ))?;
+    Ok(jobs
+        .iter()
+        .filter(|j| rows.contains(j))
+        .map(|j| j.0)
+        .collect())
 }

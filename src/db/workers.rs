@@ -52,14 +52,6 @@ pub fn worker_remove(conn: &mut Conn, name: &str) -> DbResult<()> {
     Ok(())
 }
 
-/// Names of replicas whose heartbeat is fresher than `dead_after`.
-pub fn worker_list_live(conn: &mut Conn, dead_after: Duration) -> DbResult<Vec<String>> {
-    Ok(conn.query(format!(
-        "SELECT name FROM workers WHERE heartbeat_at >= NOW(6) - INTERVAL {} MICROSECOND",
-        dead_after.as_micros()
-    ))?)
-}
-
 /// Removes the row of a replica found dead, if it is still stale (it may
 /// have come back since).
 pub fn worker_remove_dead(conn: &mut Conn, name: &str, dead_after: Duration) -> DbResult<bool> {
@@ -74,10 +66,11 @@ pub fn worker_remove_dead(conn: &mut Conn, name: &str, dead_after: Duration) -> 
     Ok(conn.affected_rows() == 1)
 }
 
-/// Names of replicas whose heartbeat is older than `dead_after`.
-pub fn worker_list_dead(conn: &mut Conn, dead_after: Duration) -> DbResult<Vec<String>> {
+/// Every registered replica, and whether its heartbeat is fresher than
+/// `dead_after`: one read for the rescuer.
+pub fn worker_list(conn: &mut Conn, dead_after: Duration) -> DbResult<Vec<(String, bool)>> {
     Ok(conn.query(format!(
-        "SELECT name FROM workers WHERE heartbeat_at < NOW(6) - INTERVAL {} MICROSECOND",
+        "SELECT name, heartbeat_at >= NOW(6) - INTERVAL {} MICROSECOND FROM workers",
         dead_after.as_micros()
     ))?)
 }

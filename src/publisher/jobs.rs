@@ -12,8 +12,8 @@
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use crate::db::DbResult;
-use crate::db::jobs::{Job, job_claim_many, job_release_claims};
+use crate::db::jobs::{Job, job_any_claimable, job_claim_many, job_release_claims};
+use crate::db::{DbResult, PooledConn};
 use crate::metrics::Metrics;
 use crate::publisher::{Trigger, tick_loop};
 use crate::service::Shared;
@@ -38,9 +38,20 @@ impl Claimed {
 pub struct JobsPublisher {
     shared: Arc<Shared>,
     tx: Sender<Job>,
+    state: Mutex<ClaimState>,
+}
+
+#[derive(Default)]
+struct ClaimState {
     /// Jobs of a claim whose commit failed: it may have landed, so they are
     /// put back before the next claim.
-    in_doubt: Mutex<Vec<Job>>,
+    in_doubt: Vec<Job>,
+    /// The connection kept between claims (a checkout costs a ping).
+    conn: Option<PooledConn>,
+    /// Where the last full claim ended: an early claim continues from there.
+    after: Option<(i32, u64)>,
+    /// The last claim found nothing: probe with a plain read first.
+    idle: bool,
 }
 
 impl JobsPublisher {
@@ -49,7 +60,7 @@ impl JobsPublisher {
         JobsPublisher {
             shared,
             tx,
-            in_doubt: Mutex::new(Vec::new()),
+            state: Mutex::new(ClaimState::default()),
         }
     }
 
@@ -61,23 +72,32 @@ impl JobsPublisher {
             .saturating_sub(self.tx.len())
     }
 
-    /// One claim: up to the channel's free room.
+    /// One claim: up to the channel's free room, from the top of the queue.
     pub fn run_once(&self) -> DbResult<Claimed> {
+        self.claim(false)
+    }
+
+    /// One claim; `continue_after` continues after the last full claim
+    /// instead of from the top (new or released jobs that sort earlier are
+    /// picked up by the next claim from the top: every tick is one).
+    fn claim(&self, continue_after: bool) -> DbResult<Claimed> {
         let room = self.room();
         if room == 0 {
             return Ok(Claimed { room, claimed: 0 });
         }
-        let jobs = {
-            let mut conn = self.shared.db.conn()?;
-            let mut in_doubt = self.in_doubt.lock().unwrap_or_else(|p| p.into_inner());
-            if !in_doubt.is_empty() {
-                let released = job_release_claims(&mut conn, &in_doubt)?;
-                log::info!("settled a claim whose commit failed: {released} jobs put back");
-                Metrics::add(&self.shared.metrics.released, released);
-                in_doubt.clear();
-            }
-            job_claim_many(&mut conn, &self.shared.worker, room, &mut in_doubt)?
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = Self::claim_with(&self.shared, &mut state, room, continue_after);
+        if result.is_err() {
+            state.conn = None;
+        } else {
+            self.shared.db.health().ok();
+        }
+        let jobs = result?;
+        state.after = match jobs.last() {
+            Some(last) if jobs.len() == room => Some((last.priority, last.id)),
+            _ => None,
         };
+        drop(state);
         let claimed = jobs.len();
         Metrics::add(&self.shared.metrics.claimed, claimed as u64);
         for job in jobs {
@@ -93,6 +113,31 @@ impl JobsPublisher {
             log::debug!("claimed {claimed} jobs (room {room})");
         }
         Ok(Claimed { room, claimed })
+    }
+
+    fn claim_with(
+        shared: &Shared,
+        state: &mut ClaimState,
+        room: usize,
+        continue_after: bool,
+    ) -> DbResult<Vec<Job>> {
+        if state.conn.is_none() {
+            state.conn = Some(shared.db.conn()?);
+        }
+        let conn = state.conn.as_mut().expect("just set");
+        if !state.in_doubt.is_empty() {
+            let released = job_release_claims(conn, &state.in_doubt)?;
+            log::info!("settled a claim whose commit failed: {released} jobs put back");
+            Metrics::add(&shared.metrics.released, released);
+            state.in_doubt.clear();
+        }
+        if state.idle && !job_any_claimable(conn)? {
+            return Ok(Vec::new());
+        }
+        let after = if continue_after { state.after } else { None };
+        let jobs = job_claim_many(conn, &shared.worker, room, after, &mut state.in_doubt)?;
+        state.idle = jobs.is_empty();
+        Ok(jobs)
     }
 
     /// Claims on every tick, and early when consumers free room after a
@@ -112,7 +157,7 @@ impl JobsPublisher {
                 if trigger == Trigger::Wake && self.room() < refill_at && !self.tx.is_empty() {
                     return Ok(true);
                 }
-                Ok(self.run_once()?.filled())
+                Ok(self.claim(trigger == Trigger::Wake)?.filled())
             },
         );
     }

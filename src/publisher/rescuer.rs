@@ -16,7 +16,7 @@ use crate::db::DbResult;
 use crate::db::jobs::{
     job_cancel_owned, job_owners_active, job_release_queued, job_release_unowned,
 };
-use crate::db::workers::{worker_list_dead, worker_list_live, worker_remove_dead};
+use crate::db::workers::{worker_list, worker_remove_dead};
 use crate::metrics::Metrics;
 use crate::publisher::tick_loop;
 use crate::service::Shared;
@@ -45,30 +45,48 @@ impl Rescuer {
         Rescuer { shared }
     }
 
-    /// One pass.
-    pub fn run_once(&self) -> DbResult<Rescued> {
-        let dead_after = self.shared.config.worker_dead_after;
-        let mut conn = self.shared.db.conn()?;
-        // Owners first, live workers second: a replica registers before it
-        // claims anything, so one that appears between the two reads is seen
-        // as live, never as a dead owner.
-        let owners = job_owners_active(&mut conn)?;
-        let live = worker_list_live(&mut conn, dead_after)?;
-        // Judge others only while this replica's own heartbeat has been
-        // landing steadily for WORKER_DEAD_AFTER. After an outage (or a
-        // stall here) every replica's heartbeat is stale for the same reason:
-        // each gets that long, with a working database, to beat again.
+    fn steady(&self) -> bool {
         let steady = self
             .shared
             .liveness
             .steady_for(self.shared.config.heartbeat_interval);
-        if steady < dead_after {
+        if steady < self.shared.config.worker_dead_after {
             log::debug!("rescuer: own heartbeat steady for {steady:?} only; judging no one yet");
+            return false;
+        }
+        true
+    }
+
+    /// One pass.
+    pub fn run_once(&self) -> DbResult<Rescued> {
+        let dead_after = self.shared.config.worker_dead_after;
+        // Judge others only while this replica's own heartbeat has been
+        // landing steadily for WORKER_DEAD_AFTER. After an outage (or a
+        // stall here) every replica's heartbeat is stale for the same reason:
+        // each gets that long, with a working database, to beat again.
+        // Checked before the reads (nothing to do) and after them (they may
+        // have waited out an outage).
+        if !self.steady() {
             return Ok(Rescued::default());
         }
+        let mut conn = self.shared.db.conn()?;
+        // Owners first, workers second: a replica registers before it claims
+        // anything, so one that appears between the two reads is seen as
+        // live, never as a dead owner.
+        let owners = job_owners_active(&mut conn)?;
+        let workers = worker_list(&mut conn, dead_after)?;
+        if !self.steady() {
+            return Ok(Rescued::default());
+        }
+        let live = |name: &str| workers.iter().any(|(n, fresh)| *fresh && n == name);
         let mut out = Rescued::default();
+        let mut unowned = false;
         for owner in owners {
-            if owner == self.shared.worker || live.contains(&owner) {
+            let Some(owner) = owner else {
+                unowned = true;
+                continue;
+            };
+            if owner == self.shared.worker || live(&owner) {
                 continue;
             }
             let released = job_release_queued(&mut conn, &owner)?;
@@ -86,9 +104,14 @@ impl Rescuer {
             out.cancelled += cancelled;
             out.dead_owners.push(owner);
         }
-        out.released += job_release_unowned(&mut conn)?;
-        for name in worker_list_dead(&mut conn, dead_after)? {
-            if name != self.shared.worker && worker_remove_dead(&mut conn, &name, dead_after)? {
+        if unowned {
+            out.released += job_release_unowned(&mut conn)?;
+        }
+        let dead = workers
+            .iter()
+            .filter(|(name, fresh)| !fresh && *name != self.shared.worker);
+        for (name, _) in dead {
+            if worker_remove_dead(&mut conn, name, dead_after)? {
                 log::info!("removed dead worker {name} from the registry");
                 out.removed_workers += 1;
             }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use background_processing::config::Config;
 use background_processing::consumer::canceller::cancel_one;
 use background_processing::db::jobs::{
-    CANCEL_OWNED_SQL, Dead, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL, RELEASE_UNOWNED_SQL, Running,
-    claim_select_sql, dead_select_sql, find_lost_sql, job_finish, job_release_queued, job_start,
-    prune_sql,
+    CANCEL_OWNED_SQL, CLAIMABLE_SQL, Dead, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL,
+    RELEASE_UNOWNED_SQL, Running, claim_select_sql, dead_select_sql, find_lost_sql, job_finish,
+    job_release_queued, job_start, prune_sql,
 };
 use background_processing::db::migrate::migrate;
 use background_processing::publisher::canceller::CancellerPublisher;
@@ -191,7 +191,24 @@ fn every_claim_and_scan_query_uses_an_index_range() {
     let runs = [Running { id: 1, lease: 1 }, Running { id: 5, lease: 1 }];
     let owner = || params! { "owner" => "w1" };
     let queries: Vec<(&str, String, mysql::Params)> = vec![
-        ("claim", claim_select_sql(100), mysql::Params::Empty),
+        ("claim", claim_select_sql(100, None), mysql::Params::Empty),
+        (
+            "claim continued",
+            claim_select_sql(100, Some((0, 2500))),
+            mysql::Params::Empty,
+        ),
+        (
+            "claimable probe",
+            CLAIMABLE_SQL.into(),
+            mysql::Params::Empty,
+        ),
+        (
+            "start batch",
+            "UPDATE jobs SET status = 'STARTED!' WHERE id IN (1, 2, 3) AND status = 'QUEUED!' \
+             AND lease = CASE id WHEN 1 THEN 1 WHEN 2 THEN 1 WHEN 3 THEN 1 END"
+                .into(),
+            mysql::Params::Empty,
+        ),
         (
             "canceller",
             dead_select_sql(Duration::from_secs(10), 100),

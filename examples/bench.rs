@@ -1,0 +1,342 @@
+//! The bench command behind `scripts/bench`: runs the real service binary on
+//! a fresh database with N jobs waiting, and prints one JSON line of figures.
+//!
+//! ```text
+//! bench [--jobs N] [--sleep NS] [--idle SECONDS] [--binary PATH] [KEY=VALUE ...]
+//! ```
+//!
+//! `KEY=VALUE` pairs are the service's environment (e.g. `RATE_LIMIT=0`);
+//! unset ones keep the service's defaults. The server comes from
+//! `DATABASE_URL` (its database part is replaced by `bp_bench`).
+//!
+//! Figures (all read from the database and the server's status counters):
+//! - `jobs_per_s`: N / (last `finished_at` - first `queued_at`);
+//! - `start_rate_per_s`: starts per second between the first and last start
+//!   (what `RATE_LIMIT` controls);
+//! - `statements_per_job`: the server's `Questions` delta, less the bench's
+//!   own statements, over N; `commits_per_job`: `Handler_commit` delta over
+//!   N; `fsyncs_per_job`: `Innodb_data_fsyncs` delta over N;
+//! - `queue_to_start_ms_p50` / `_p99`: `started_at - queued_at`;
+//! - `rss_peak_mib`: the service's peak resident memory (`VmHWM`);
+//! - with `--idle S`: no jobs, and `idle_statements_per_s` over S seconds.
+//!
+//! Counters are server-wide: run it on a server nothing else is using.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder};
+
+struct Args {
+    jobs: usize,
+    sleep_ns: i64,
+    idle: Option<u64>,
+    binary: String,
+    env: BTreeMap<String, String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        jobs: 20_000,
+        sleep_ns: 0,
+        idle: None,
+        binary: "target/release/background-processing".into(),
+        env: BTreeMap::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--jobs" => {
+                args.jobs = value("--jobs")?
+                    .parse()
+                    .map_err(|e| format!("--jobs: {e}"))?
+            }
+            "--sleep" => {
+                args.sleep_ns = value("--sleep")?
+                    .parse()
+                    .map_err(|e| format!("--sleep: {e}"))?
+            }
+            "--idle" => {
+                args.idle = Some(
+                    value("--idle")?
+                        .parse()
+                        .map_err(|e| format!("--idle: {e}"))?,
+                )
+            }
+            "--binary" => args.binary = value("--binary")?,
+            "-h" | "--help" => {
+                return Err("usage: bench [--jobs N] [--sleep NS] [--idle SECONDS] [--binary PATH] [KEY=VALUE ...]".into());
+            }
+            kv => match kv.split_once('=') {
+                Some((k, v)) => {
+                    args.env.insert(k.to_string(), v.to_string());
+                }
+                None => return Err(format!("unknown argument {kv:?}")),
+            },
+        }
+    }
+    Ok(args)
+}
+
+fn server_url() -> String {
+    let url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let rest = url.strip_prefix("mysql://").unwrap_or(&url);
+    let (authority, _) = rest.split_once('/').unwrap_or((rest, ""));
+    format!("mysql://{authority}")
+}
+
+fn connect(url: &str) -> Result<Conn, String> {
+    let opts = Opts::from_url(url).map_err(|e| format!("{url}: {e}"))?;
+    Conn::new(OptsBuilder::from_opts(opts).prefer_socket(false))
+        .map_err(|e| format!("connecting to {url}: {e}"))
+}
+
+/// The server counters the figures come from.
+fn status(conn: &mut Conn) -> Result<BTreeMap<String, u64>, String> {
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN \
+             ('Questions', 'Handler_commit', 'Innodb_data_fsyncs')",
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap_or(0)))
+        .collect())
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, key: &str) -> u64 {
+    after
+        .get(key)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(key).copied().unwrap_or(0))
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY-free signalling through the `kill` command keeps this example
+    // free of libc.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn run() -> Result<String, String> {
+    let args = parse_args()?;
+    if !std::path::Path::new(&args.binary).exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release`",
+            args.binary
+        ));
+    }
+    let server = server_url();
+    let db_url = format!("{server}/bp_bench");
+    let mut admin = connect(&server)?;
+    admin
+        .query_drop("DROP DATABASE IF EXISTS bp_bench")
+        .map_err(|e| e.to_string())?;
+    let migrate = Command::new(&args.binary)
+        .arg("migrate")
+        .env("DATABASE_URL", &db_url)
+        .env("LOG_LEVEL", "warn")
+        .status()
+        .map_err(|e| format!("running {}: {e}", args.binary))?;
+    if !migrate.success() {
+        return Err(format!("migrate failed: {migrate}"));
+    }
+    let mut conn = connect(&db_url)?;
+    let n = if args.idle.is_some() { 0 } else { args.jobs };
+    let chunk = 5000;
+    let mut inserted = 0;
+    while inserted < n {
+        let rows = chunk.min(n - inserted);
+        let values = vec![format!("(1, {})", args.sleep_ns); rows].join(",");
+        conn.query_drop(format!(
+            "INSERT INTO jobs (object_id, sleep) VALUES {values}"
+        ))
+        .map_err(|e| e.to_string())?;
+        inserted += rows;
+    }
+    let version: String = conn
+        .query_first("SELECT VERSION()")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+
+    let mut own_statements = 0u64;
+    let before = status(&mut conn)?;
+    own_statements += 1;
+    let mut child = Command::new(&args.binary)
+        .arg("run")
+        .env("DATABASE_URL", &db_url)
+        .env("WORKER_NAME", "bench")
+        .envs(&args.env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", args.binary))?;
+    let pid = child.id();
+    let began = Instant::now();
+
+    let mut fields: Vec<(String, String)> = Vec::new();
+    if let Some(idle) = args.idle {
+        // Let start-up settle, then count what an idle replica sends.
+        std::thread::sleep(Duration::from_secs(3));
+        let start = status(&mut conn)?;
+        std::thread::sleep(Duration::from_secs(idle));
+        let end = status(&mut conn)?;
+        // One SHOW STATUS of ours falls inside the window.
+        let q = delta(&start, &end, "Questions").saturating_sub(1);
+        fields.push(("idle_seconds".into(), idle.to_string()));
+        fields.push((
+            "idle_statements_per_s".into(),
+            format!("{:.2}", q as f64 / idle as f64),
+        ));
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let finished: u64 = conn
+                .query_first(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN ('DONE!', 'CANCELLED!', 'FAILED!')",
+                )
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            own_statements += 1;
+            if finished as usize >= n {
+                break;
+            }
+            if Instant::now() > deadline || child.try_wait().map(|s| s.is_some()).unwrap_or(true) {
+                stop(&mut child);
+                return Err(format!("only {finished} of {n} jobs finished"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let after = status(&mut conn)?;
+    let rss = peak_rss_mib(pid);
+    let wall = began.elapsed();
+    stop(&mut child);
+
+    if n > 0 {
+        let span: Option<(Option<i64>, Option<i64>)> = conn
+            .query_first(
+                "SELECT TIMESTAMPDIFF(MICROSECOND, MIN(queued_at), MAX(finished_at)), \
+                 TIMESTAMPDIFF(MICROSECOND, MIN(started_at), MAX(started_at)) FROM jobs",
+            )
+            .map_err(|e| e.to_string())?;
+        let (span_us, start_span_us) = span.unwrap_or_default();
+        let mut waits: Vec<f64> = conn
+            .query::<i64, _>("SELECT TIMESTAMPDIFF(MICROSECOND, queued_at, started_at) FROM jobs")
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|us| us as f64 / 1000.0)
+            .collect();
+        waits.sort_by(|a, b| a.total_cmp(b));
+        let per_job = |v: u64| format!("{:.3}", v as f64 / n as f64);
+        let questions = delta(&before, &after, "Questions").saturating_sub(own_statements);
+        fields.push(("jobs".into(), n.to_string()));
+        fields.push((
+            "jobs_per_s".into(),
+            format!(
+                "{:.0}",
+                n as f64 / (span_us.unwrap_or(1).max(1) as f64 / 1e6)
+            ),
+        ));
+        fields.push((
+            "start_rate_per_s".into(),
+            format!(
+                "{:.2}",
+                (n.saturating_sub(1)) as f64 / (start_span_us.unwrap_or(1).max(1) as f64 / 1e6)
+            ),
+        ));
+        fields.push(("statements_per_job".into(), per_job(questions)));
+        fields.push((
+            "commits_per_job".into(),
+            per_job(delta(&before, &after, "Handler_commit")),
+        ));
+        fields.push((
+            "fsyncs_per_job".into(),
+            per_job(delta(&before, &after, "Innodb_data_fsyncs")),
+        ));
+        fields.push((
+            "queue_to_start_ms_p50".into(),
+            format!("{:.2}", percentile(&waits, 0.5)),
+        ));
+        fields.push((
+            "queue_to_start_ms_p99".into(),
+            format!("{:.2}", percentile(&waits, 0.99)),
+        ));
+    }
+    fields.push(("wall_s".into(), format!("{:.2}", wall.as_secs_f64())));
+    fields.push(("rss_peak_mib".into(), format!("{rss:.1}")));
+    admin
+        .query_drop("DROP DATABASE IF EXISTS bp_bench")
+        .map_err(|e| e.to_string())?;
+
+    let settings: Vec<String> = args
+        .env
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+        .collect();
+    let mut json: Vec<String> = fields
+        .into_iter()
+        .map(|(k, v)| format!("\"{k}\":{v}"))
+        .collect();
+    json.push(format!("\"settings\":{{{}}}", settings.join(",")));
+    json.push(format!("\"server\":\"{version}\""));
+    json.push(format!(
+        "\"cpus\":{}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    ));
+    Ok(format!("{{{}}}", json.join(",")))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
