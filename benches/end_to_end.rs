@@ -62,6 +62,7 @@ fn run_once(server: &str, jobs: usize) -> Duration {
         ("DATABASE_URL", url.clone()),
         ("RATE_LIMIT", "0".into()),
         ("WORKER_NAME", "bench".into()),
+        ("METRICS_ADDR", String::new()),
     ]
     .into_iter()
     .collect();

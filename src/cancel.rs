@@ -118,9 +118,9 @@ impl Registry {
         Cancellation::new(rx)
     }
 
-    /// Forgets job `id`.
-    pub fn finish(&self, id: u64) {
-        self.lock().remove(&id);
+    /// Forgets job `id`; returns how long it ran, if it was running.
+    pub fn finish(&self, id: u64) -> Option<Duration> {
+        self.lock().remove(&id).map(|e| e.since.elapsed())
     }
 
     /// Interrupts job `id` if it runs here under `lease` (any lease when

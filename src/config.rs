@@ -7,6 +7,7 @@
 //! the value and what was expected, and `main` exits 2 on it.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -14,6 +15,10 @@ use thiserror::Error;
 
 /// The default `DATABASE_URL`.
 pub const DEFAULT_DATABASE_URL: &str = "mysql://root@127.0.0.1:3306/background_processing";
+
+/// The default `METRICS_ADDR`: every interface, so the kubelet and
+/// Prometheus can reach it in a pod.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
 
 /// One environment variable: its name, default (as a user would write it)
 /// and meaning. `--help` prints this table; [`Config::from_lookup`] reads it.
@@ -123,6 +128,11 @@ pub const VARS: &[Var] = &[
         default: "1m",
         help: "how often old final rows are deleted",
     },
+    Var {
+        name: "METRICS_ADDR",
+        default: DEFAULT_METRICS_ADDR,
+        help: "where /healthz, /readyz and /metrics answer over HTTP; empty disables",
+    },
 ];
 
 /// A bad environment variable.
@@ -179,6 +189,9 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// How often the pruner runs.
     pub prune_interval: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer; `None` (the
+    /// variable set but empty) serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -265,6 +278,8 @@ impl Config {
                 None => Some(Duration::from_secs(7 * 24 * 3600)),
             },
             prune_interval: duration(&get, "PRUNE_INTERVAL", "1m")?,
+            // Not through `get`: here an empty value means "off", not "unset".
+            metrics_addr: parse_metrics_addr(lookup("METRICS_ADDR"))?,
         })
     }
 
@@ -285,7 +300,7 @@ impl fmt::Debug for Config {
              JOB_CONSUMERS={} CANCELLER_CONSUMERS={} RATE_LIMIT={} CHANNEL_CAPACITY={} \
              DB_POOL_SIZE={} SHUTDOWN_TIMEOUT={} DB_CONNECT_TIMEOUT={} LOG_LEVEL={} \
              WORKER_NAME={} HEARTBEAT_INTERVAL={} WORKER_DEAD_AFTER={} MAX_ATTEMPTS={} \
-             RETRY_BACKOFF={} RETENTION={} PRUNE_INTERVAL={}",
+             RETRY_BACKOFF={} RETENTION={} PRUNE_INTERVAL={} METRICS_ADDR={}",
             self.redacted_url(),
             d(self.jobs_poll_interval),
             d(self.canceller_poll_interval),
@@ -305,6 +320,9 @@ impl fmt::Debug for Config {
             d(self.retry_backoff),
             self.retention.map(d).unwrap_or_else(|| "0".into()),
             d(self.prune_interval),
+            self.metrics_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "\"\" (off)".into()),
         )
     }
 }
@@ -429,6 +447,26 @@ fn parse_duration(var: &'static str, value: &str, expected: &str) -> Result<Dura
     }
 }
 
+/// `METRICS_ADDR`: unset means the default, set but empty (or blank)
+/// means off, anything else must be an IP address and port.
+fn parse_metrics_addr(value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+    let value = value.unwrap_or_else(|| DEFAULT_METRICS_ADDR.to_string());
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| ConfigError {
+            var: "METRICS_ADDR",
+            value,
+            expected: "an IP address and port to listen on, like 0.0.0.0:9090 or 127.0.0.1:9090, \
+                   or empty to serve no health and metrics endpoints"
+                .into(),
+        })
+}
+
 fn parse_level(value: &str) -> Result<LevelFilter, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "error" => Ok(LevelFilter::Error),
@@ -498,6 +536,7 @@ mod tests {
             "RETRY_BACKOFF",
             "RETENTION",
             "PRUNE_INTERVAL",
+            "METRICS_ADDR",
         ] {
             assert!(
                 VARS.iter().any(|v| v.name == name),
@@ -528,6 +567,10 @@ mod tests {
             ("PRUNE_INTERVAL", "0s"),
             ("DATABASE_URL", "postgres://x/y"),
             ("DATABASE_URL", "mysql://127.0.0.1:3306"),
+            ("METRICS_ADDR", "9090"),
+            ("METRICS_ADDR", "localhost:9090"),
+            ("METRICS_ADDR", "0.0.0.0"),
+            ("METRICS_ADDR", "0.0.0.0:99999"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).expect_err(var);
@@ -549,6 +592,34 @@ mod tests {
         assert_eq!(c.retention, Some(Duration::from_secs(7 * 24 * 3600)));
         assert_eq!(c.max_attempts, 1);
         assert_eq!(c.retry_backoff, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn metrics_addr_defaults_to_every_interface_and_empty_turns_it_off() {
+        let default: SocketAddr = DEFAULT_METRICS_ADDR.parse().unwrap();
+        assert_eq!(config(&[]).unwrap().metrics_addr, Some(default));
+        assert_eq!(config(&[("METRICS_ADDR", "")]).unwrap().metrics_addr, None);
+        assert_eq!(
+            config(&[("METRICS_ADDR", "  ")]).unwrap().metrics_addr,
+            None
+        );
+        assert_eq!(
+            config(&[("METRICS_ADDR", "127.0.0.1:9191")])
+                .unwrap()
+                .metrics_addr,
+            Some("127.0.0.1:9191".parse().unwrap())
+        );
+        assert_eq!(
+            config(&[("METRICS_ADDR", "[::]:9090")])
+                .unwrap()
+                .metrics_addr,
+            Some("[::]:9090".parse().unwrap())
+        );
+        let err = config(&[("METRICS_ADDR", "metrics.local:9090")]).unwrap_err();
+        assert_eq!(err.var, "METRICS_ADDR");
+        assert_eq!(err.value, "metrics.local:9090");
+        assert!(err.to_string().contains("empty"), "{err}");
+        assert!(format!("{:?}", config(&[]).unwrap()).contains("METRICS_ADDR=0.0.0.0:9090"));
     }
 
     #[test]

@@ -24,6 +24,11 @@
 //! | `rescuer` | gives back the jobs of replicas whose heartbeat stopped |
 //! | `pruner` | deletes final rows older than `RETENTION` |
 //! | `summary` | logs what was done every minute |
+//! | `http` | `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR` ([`http`]) |
+//!
+//! What a job does is a [`task::Task`] registered under the row's `kind`;
+//! [`runner::Runner`] runs the service with the kinds a program registers
+//! (the binary registers `sleep`).
 //!
 //! What a job does is a [`task::Task`] registered under the row's `kind`;
 //! [`runner::Runner`] runs the service with the kinds a program registers
@@ -48,6 +53,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod outage;
 pub mod publisher;
@@ -55,6 +61,7 @@ pub mod runner;
 pub mod service;
 pub mod shutdown;
 pub mod task;
+pub mod watch;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

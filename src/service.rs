@@ -11,11 +11,17 @@
 //!    interrupted and their consumers mark them `CANCELLED!` with the reason
 //!    (they started, so they must not start again elsewhere);
 //! 4. the canceller, watcher, heartbeat, rescuer and summary stop, and this
-//!    replica's row is removed.
+//!    replica's row is removed;
+//! 5. the `http` thread (`METRICS_ADDR`) stops last, so probes and scrapes
+//!    answer throughout the drain (`/readyz` says it is shutting down).
+//!
+//! Every thread but `http` is started through [`Watch::spawn`], so
+//! `/healthz` knows when one has died.
 //!
 //! The drain never stops on an error: each step logs and goes on, so a
 //! database outage during shutdown costs at most the deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +37,7 @@ use crate::consumer;
 use crate::db::jobs::{Dead, Job, job_release_queued};
 use crate::db::workers::worker_remove;
 use crate::db::{Db, DbError};
+use crate::http::HttpServer;
 use crate::metrics::Metrics;
 use crate::outage::Backoff;
 use crate::publisher::canceller::CancellerPublisher;
@@ -40,6 +47,7 @@ use crate::publisher::pruner::Pruner;
 use crate::publisher::rescuer::Rescuer;
 use crate::publisher::watcher::Watcher;
 use crate::task::Tasks;
+use crate::watch::Watch;
 
 /// How often the summary line is logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
@@ -66,6 +74,9 @@ pub struct Shared {
     pub worker: String,
     /// The task kinds this replica runs.
     pub tasks: Tasks,
+    /// Which threads are alive and the service's phase, for `/healthz` and
+    /// `/readyz`.
+    pub watch: Watch,
 }
 
 impl Shared {
@@ -82,6 +93,7 @@ impl Shared {
             worker: config.worker_name.clone(),
             tasks,
             config,
+            watch: Watch::default(),
         })
     }
 }
@@ -107,6 +119,17 @@ pub enum StartError {
         /// What failed.
         cause: DbError,
     },
+    /// The health and metrics endpoints could not listen.
+    #[error(
+        "cannot listen on METRICS_ADDR={addr}: {cause} (choose another address, or set \
+         METRICS_ADDR empty to serve no health and metrics endpoints)"
+    )]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        cause: String,
+    },
 }
 
 /// A running replica.
@@ -120,6 +143,7 @@ pub struct Service {
     consumers: Vec<JoinHandle<()>>,
     consumers_alive: Receiver<()>,
     others: Vec<JoinHandle<()>>,
+    http: Option<HttpServer>,
 }
 
 /// What a shutdown did.
@@ -133,7 +157,8 @@ pub struct ShutdownReport {
     pub stragglers: usize,
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+/// Starts a named thread (see [`Watch::spawn`] for a watched one).
+pub(crate) fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(f)
@@ -141,14 +166,22 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 impl Service {
-    /// Connects, checks the schema, registers this replica and starts every
-    /// thread.
+    /// Starts the health and metrics endpoints (`METRICS_ADDR`), connects,
+    /// checks the schema, registers this replica and starts every thread.
     pub fn start(config: Config, tasks: Tasks) -> Result<Service, StartError> {
         let url = config.redacted_url();
         let shared = Shared::new(config, tasks).map_err(|cause| StartError::Database {
             url: url.clone(),
             cause,
         })?;
+        let shared = Arc::new(shared);
+        let http = match shared.config.metrics_addr {
+            Some(addr) => Some(
+                HttpServer::start(Arc::clone(&shared), addr)
+                    .map_err(|cause| StartError::Metrics { addr, cause })?,
+            ),
+            None => None,
+        };
         shared
             .db
             .wait_ready(shared.config.db_connect_timeout)
@@ -157,7 +190,6 @@ impl Service {
                 timeout: humantime::format_duration(shared.config.db_connect_timeout).to_string(),
                 cause,
             })?;
-        let shared = Arc::new(shared);
         let db_err = |cause| StartError::Database {
             url: url.clone(),
             cause,
@@ -168,11 +200,20 @@ impl Service {
         }
         let heartbeat = Heartbeat::new(Arc::clone(&shared));
         heartbeat.register_at_start().map_err(db_err)?;
-        Ok(Service::spawn_threads(shared, heartbeat))
+        let mut service = Service::spawn_threads(shared, heartbeat);
+        service.http = http;
+        service.shared.watch.set_running();
+        Ok(service)
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer, if they do.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
     }
 
     fn spawn_threads(shared: Arc<Shared>, heartbeat: Heartbeat) -> Service {
         let cfg = &shared.config;
+        let watch = &shared.watch;
         let (stop_claiming, stop_claiming_rx) = bounded::<()>(0);
         let (stop_taking, stop_taking_rx) = bounded::<()>(0);
         let (hard_stop, hard_stop_rx) = bounded::<()>(0);
@@ -181,9 +222,10 @@ impl Service {
         let (jobs_tx, jobs_rx) = bounded::<Job>(cfg.channel_capacity);
         let (room_tx, room_rx) = bounded::<()>(1);
         let (cancel_tx, cancel_rx) = bounded::<Dead>(cfg.channel_capacity);
+        watch.set_jobs_channel(jobs_rx.clone());
 
         let publisher = JobsPublisher::new(Arc::clone(&shared), jobs_tx);
-        let jobs_publisher = spawn("publisher-jobs".into(), move || {
+        let jobs_publisher = watch.spawn("publisher-jobs".into(), move || {
             publisher.run(stop_claiming_rx, room_rx)
         });
 
@@ -201,7 +243,7 @@ impl Service {
                     starter: starter.clone(),
                     completer: completer.clone(),
                 };
-                spawn(format!("consumer-jobs-{i}"), move || {
+                watch.spawn(format!("consumer-jobs-{i}"), move || {
                     let _alive = alive;
                     consumer::jobs::run(shared, ch);
                 })
@@ -213,12 +255,12 @@ impl Service {
         // One starter: measured, a second one only adds statements (each
         // commit still waits for its own log flush on a busy server).
         let (s, stop, a) = (Arc::clone(&shared), stop_taking_rx.clone(), alive.clone());
-        consumers.push(spawn("starter".into(), move || {
+        consumers.push(watch.spawn("starter".into(), move || {
             let _alive = a;
             run_starter(&s, start_rx, stop)
         }));
         let (s, stop, a) = (Arc::clone(&shared), hard_stop_rx.clone(), alive.clone());
-        consumers.push(spawn("completer".into(), move || {
+        consumers.push(watch.spawn("completer".into(), move || {
             let _alive = a;
             run_completer(&s, done_rx, stop)
         }));
@@ -227,31 +269,29 @@ impl Service {
         let mut others = Vec::new();
         let p = CancellerPublisher::new(Arc::clone(&shared), cancel_tx);
         let stop = stop_rest_rx.clone();
-        others.push(spawn("publisher-canceller".into(), move || p.run(stop)));
+        others.push(watch.spawn("publisher-canceller".into(), move || p.run(stop)));
         for i in 0..cfg.canceller_consumers {
             let shared = Arc::clone(&shared);
             let (rx, stop) = (cancel_rx.clone(), stop_rest_rx.clone());
-            others.push(spawn(format!("consumer-canceller-{i}"), move || {
+            others.push(watch.spawn(format!("consumer-canceller-{i}"), move || {
                 consumer::canceller::run(shared, rx, stop)
             }));
         }
         let w = Watcher::new(Arc::clone(&shared));
         let stop = stop_rest_rx.clone();
-        others.push(spawn("watcher".into(), move || w.run(stop)));
+        others.push(watch.spawn("watcher".into(), move || w.run(stop)));
         let stop = stop_rest_rx.clone();
-        others.push(spawn("heartbeat".into(), move || heartbeat.run(stop)));
+        others.push(watch.spawn("heartbeat".into(), move || heartbeat.run(stop)));
         let r = Rescuer::new(Arc::clone(&shared));
         let stop = stop_rest_rx.clone();
-        others.push(spawn("rescuer".into(), move || r.run(stop)));
+        others.push(watch.spawn("rescuer".into(), move || r.run(stop)));
         if let Some(retention) = cfg.retention {
             let p = Pruner::new(Arc::clone(&shared), retention);
             let stop = stop_rest_rx.clone();
-            others.push(spawn("pruner".into(), move || p.run(stop)));
+            others.push(watch.spawn("pruner".into(), move || p.run(stop)));
         }
         let s = Arc::clone(&shared);
-        others.push(spawn("summary".into(), move || {
-            summary(s, jobs_rx, stop_rest_rx)
-        }));
+        others.push(watch.spawn("summary".into(), move || summary(s, jobs_rx, stop_rest_rx)));
 
         Service {
             shared,
@@ -263,6 +303,7 @@ impl Service {
             consumers,
             consumers_alive,
             others,
+            http: None,
         }
     }
 
@@ -280,6 +321,7 @@ impl Service {
     /// Graceful shutdown; see the module docs for the order.
     pub fn shutdown(mut self) -> ShutdownReport {
         let shared = Arc::clone(&self.shared);
+        shared.watch.set_stopping();
         let deadline = Instant::now() + shared.config.shutdown_timeout;
         let mut report = ShutdownReport::default();
 
@@ -341,6 +383,9 @@ impl Service {
             "shutdown complete: {}",
             summary_line(&shared, &Totals::default())
         );
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
         report
     }
 }
@@ -349,6 +394,7 @@ impl Drop for Service {
     fn drop(&mut self) {
         // Dropping the senders stops every thread; a Service dropped without
         // shutdown() (a test that failed) must not leave threads running.
+        self.shared.watch.set_stopping();
         self.stop_claiming.take();
         self.stop_taking.take();
         self.hard_stop.take();

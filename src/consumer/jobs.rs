@@ -171,7 +171,7 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
 
     let cancel = shared.registry.start(job.id, job.lease);
     let result = catch_unwind(AssertUnwindSafe(|| task.run(&ctx, &cancel)));
-    shared.registry.finish(job.id);
+    shared.metrics.observe_run(shared.registry.finish(job.id));
     let outcome = judge(shared, &ctx, result, cancel.interrupted());
 
     let written = match &outcome {

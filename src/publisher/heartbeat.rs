@@ -51,6 +51,21 @@ impl Liveness {
     }
 }
 
+impl Liveness {
+    /// How long ago the latest heartbeat landed; `None` before the first.
+    pub fn last_beat_age(&self) -> Option<Duration> {
+        let beats = *self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        beats.map(|(_, last)| last.elapsed())
+    }
+
+    /// Whether the latest heartbeat landed recently enough that the others
+    /// see this replica alive (within two intervals, plus a checkout).
+    pub fn is_fresh(&self, interval: Duration) -> bool {
+        self.last_beat_age()
+            .is_some_and(|age| age <= max_gap(interval))
+    }
+}
+
 fn max_gap(interval: Duration) -> Duration {
     interval * 2 + crate::db::CHECKOUT_TIMEOUT
 }

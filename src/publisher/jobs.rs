@@ -100,6 +100,7 @@ impl JobsPublisher {
         drop(state);
         let claimed = jobs.len();
         Metrics::add(&self.shared.metrics.claimed, claimed as u64);
+        self.shared.metrics.observe_claim(claimed);
         for job in jobs {
             // The channel had room for all of them and only this thread
             // sends, so this does not block. If the consumers are gone

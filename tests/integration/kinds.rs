@@ -29,6 +29,8 @@ fn config(db: &TestDb, vars: &[(&str, &str)]) -> Config {
         ("WORKER_DEAD_AFTER", "1s"),
         ("RATE_LIMIT", "0"),
         ("SHUTDOWN_TIMEOUT", "500ms"),
+        // In-process services of parallel tests must not all listen on 9090.
+        ("METRICS_ADDR", ""),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -35,6 +35,7 @@ fn config(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Config {
         ("HEARTBEAT_INTERVAL", "100ms"),
         ("WORKER_DEAD_AFTER", "1s"),
         ("RATE_LIMIT", "0"),
+        ("METRICS_ADDR", ""),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -3,8 +3,10 @@
 //! each test creates and drops its own `bp_test_*` database).
 
 mod binary;
+mod http;
 mod kinds;
 mod library;
+mod manifests;
 mod proxy;
 mod replicas;
 mod testdb;

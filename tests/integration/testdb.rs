@@ -44,6 +44,7 @@ pub const CONTRACT_VARS: &[&str] = &[
     "WORKER_NAME",
     "HEARTBEAT_INTERVAL",
     "WORKER_DEAD_AFTER",
+    "METRICS_ADDR",
 ];
 
 /// Statuses, spelled as the contract spells them.
@@ -531,6 +532,8 @@ pub fn service_env(database_url: &str, overrides: &[(&str, &str)]) -> Vec<(Strin
         ("CANCELLER_POLL_INTERVAL", "100ms"),
         ("HEARTBEAT_INTERVAL", "100ms"),
         ("WORKER_DEAD_AFTER", "1s"),
+        // Off unless a test asks: parallel replicas cannot share one port.
+        ("METRICS_ADDR", ""),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

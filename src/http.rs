@@ -1,0 +1,516 @@
+//! Health and metrics over HTTP, for Kubernetes probes and Prometheus.
+//!
+//! One thread, `http`, answers on `METRICS_ADDR` (default `0.0.0.0:9090`;
+//! set it empty to serve nothing). The listener is `tiny_http`, a small
+//! synchronous server (it reads requests on threads of its own and hands
+//! them over a queue; no async runtime); the exposition format is written
+//! by `prometheus-client`, the Prometheus project's own Rust library.
+//!
+//! | path | 200 | 503 |
+//! |---|---|---|
+//! | `/healthz` | every service thread is running (or ended because a shutdown asked it to) | a thread died: restart the process |
+//! | `/readyz` | started, the database answered its last call, this replica's heartbeat is fresh | starting, stopping, database unavailable, heartbeat overdue, a thread died |
+//! | `/metrics` | always: Prometheus text format 0.0.4 | |
+//!
+//! Liveness ignores the database on purpose: the service rides out an
+//! outage by itself, and restarting every replica would not bring the
+//! database back. Nothing here touches the database either: each answer is
+//! read from memory, so a probe is cheap and never waits on MySQL.
+//!
+//! The server starts before the service waits for the database, so a
+//! replica that is still connecting or taking over its name answers
+//! `/healthz` (200) and `/readyz` (503, starting) instead of looking dead.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::Metrics;
+use crate::service::Shared;
+use crate::watch::Phase;
+
+/// Every metric's name starts with this and `_`.
+pub const PREFIX: &str = "background_processing";
+
+/// The `Content-Type` of `/metrics`.
+pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A running `http` thread; stopped by [`HttpServer::stop`] or on drop.
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Listens on `addr` and starts the `http` thread. Fails only when the
+    /// address cannot be bound; the message names `METRICS_ADDR`.
+    pub fn start(shared: Arc<Shared>, addr: SocketAddr) -> Result<HttpServer, String> {
+        let server = tiny_http::Server::http(addr).map_err(|e| e.to_string())?;
+        // Port 0 asks the kernel for a free port: report the real one.
+        let addr = server.server_addr().to_ip().unwrap_or(addr);
+        let server = Arc::new(server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let registry = registry(Arc::clone(&shared));
+        let (srv, halt) = (Arc::clone(&server), Arc::clone(&stop));
+        let thread = crate::service::spawn("http".into(), move || {
+            serve(&shared, &registry, &srv, &halt)
+        });
+        log::info!("serving /healthz, /readyz and /metrics on http://{addr}");
+        Ok(HttpServer {
+            server,
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops answering and joins the thread.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            self.server.unblock();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn serve(shared: &Shared, registry: &Registry, server: &tiny_http::Server, stop: &AtomicBool) {
+    loop {
+        match server.recv() {
+            Ok(request) => {
+                let reply = route(shared, registry, request.method().as_str(), request.url());
+                let content_type =
+                    tiny_http::Header::from_bytes("Content-Type", reply.content_type)
+                        .expect("a constant, valid header");
+                let response = tiny_http::Response::from_string(reply.body)
+                    .with_status_code(reply.status)
+                    .with_header(content_type);
+                // A client that hung up is its own problem.
+                if let Err(e) = request.respond(response) {
+                    log::debug!("http: answering a request: {e}");
+                }
+            }
+            Err(_) if stop.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                log::warn!("http: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// One answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    fn text(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body,
+        }
+    }
+
+    fn check(check: Check) -> Reply {
+        Reply::text(if check.ok { 200 } else { 503 }, check.text + "\n")
+    }
+}
+
+/// The answer to `method` on `url` (path and query).
+pub fn route(shared: &Shared, registry: &Registry, method: &str, url: &str) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return Reply::text(405, "only GET and HEAD\n".into());
+    }
+    match url.split('?').next().unwrap_or_default() {
+        "/healthz" => Reply::check(health(shared)),
+        "/readyz" => Reply::check(readiness(shared)),
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::prometheus_text::encode(&mut body, registry) {
+                Ok(()) => Reply {
+                    status: 200,
+                    content_type: METRICS_CONTENT_TYPE,
+                    body,
+                },
+                Err(_) => Reply::text(500, "encoding the metrics failed\n".into()),
+            }
+        }
+        "/" => Reply::text(
+            200,
+            format!(
+                "background-processing {}: /healthz (threads alive), /readyz (database and \
+                 heartbeat), /metrics (Prometheus)\n",
+                crate::VERSION
+            ),
+        ),
+        _ => Reply::text(404, "not found: try /healthz, /readyz or /metrics\n".into()),
+    }
+}
+
+/// A probe's verdict and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// 200 or 503.
+    pub ok: bool,
+    /// One line for whoever reads the probe's output.
+    pub text: String,
+}
+
+/// `/healthz`: is every thread alive? A thread that ended outside a
+/// shutdown, or panicked, makes the process unhealthy: a restart is the
+/// cure. Starting and draining replicas are healthy.
+pub fn health(shared: &Shared) -> Check {
+    let dead = shared.watch.dead();
+    if !dead.is_empty() {
+        return Check {
+            ok: false,
+            text: format!("threads died: {}", dead.join(", ")),
+        };
+    }
+    let threads = shared.watch.threads();
+    let alive = threads
+        .iter()
+        .filter(|(_, s)| *s == crate::watch::ThreadState::Alive)
+        .count();
+    let text = match shared.watch.phase() {
+        Phase::Starting => "ok: starting".to_string(),
+        Phase::Running => format!("ok: all {alive} threads alive"),
+        Phase::Stopping => format!("ok: shutting down, {alive} threads still running"),
+    };
+    Check { ok: true, text }
+}
+
+/// `/readyz`: is this replica doing its work? Started, not stopping, every
+/// thread alive, the database answered its last call, and this replica's
+/// heartbeat landed recently (so the others see it alive).
+pub fn readiness(shared: &Shared) -> Check {
+    let not = |text: String| Check { ok: false, text };
+    match shared.watch.phase() {
+        Phase::Starting => {
+            return not(
+                "starting: waiting for the database, the schema check and registration".into(),
+            );
+        }
+        Phase::Stopping => return not("shutting down: this replica takes no more jobs".into()),
+        Phase::Running => {}
+    }
+    let health = health(shared);
+    if !health.ok {
+        return not(health.text);
+    }
+    if shared.db.health().is_down() {
+        return not("database unavailable: retrying with backoff".into());
+    }
+    let interval = shared.config.heartbeat_interval;
+    let age = shared.liveness.last_beat_age();
+    let age_text = age.map_or("never".to_string(), |a| {
+        format!("{:.1}s ago", a.as_secs_f64())
+    });
+    if !shared.liveness.is_fresh(interval) {
+        return not(format!(
+            "heartbeat overdue: the last one landed {age_text} (HEARTBEAT_INTERVAL={})",
+            humantime::format_duration(interval)
+        ));
+    }
+    Check {
+        ok: true,
+        text: format!("ready: database answering, heartbeat {age_text}"),
+    }
+}
+
+/// The registry `/metrics` encodes: the counters and gauges read at each
+/// scrape, and the two histograms.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut registry = Registry::with_prefix(PREFIX);
+    let h = &shared.metrics.histograms;
+    registry.register(
+        "claim_batch_size",
+        "Jobs per claim, for claims that found work",
+        h.claim_batch.clone(),
+    );
+    registry.register(
+        "job_duration_seconds",
+        "How long each task ran, whatever its outcome",
+        h.job_duration.clone(),
+    );
+    registry.register_collector(Box::new(Scrape(shared)));
+    registry
+}
+
+/// Reads the service's counters and gauges at each scrape.
+struct Scrape(Arc<Shared>);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeCounterValue,
+) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeGaugeValue,
+) -> fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let m = &s.metrics;
+        let e = &mut enc;
+        for (name, help, value) in [
+            (
+                "jobs_claimed",
+                "Jobs claimed (QUEUED!) by this replica",
+                &m.claimed,
+            ),
+            (
+                "jobs_started",
+                "Jobs this replica started (STARTED!)",
+                &m.started,
+            ),
+            ("jobs_done", "Jobs this replica finished DONE!", &m.done),
+            (
+                "jobs_cancelled",
+                "Jobs this replica cancelled (timeout, dead replica, shutdown deadline)",
+                &m.cancelled,
+            ),
+            ("jobs_failed", "Jobs this replica marked FAILED!", &m.failed),
+            (
+                "jobs_retried",
+                "Attempts that failed with a retryable error and were put back",
+                &m.retried,
+            ),
+            (
+                "jobs_rescued",
+                "Jobs of dead replicas this replica put back or cancelled",
+                &m.rescued,
+            ),
+            (
+                "jobs_released",
+                "Claimed jobs put back to new unstarted (shutdown, settled claims, rescues)",
+                &m.released,
+            ),
+            (
+                "jobs_lost",
+                "Writes refused because this replica no longer held the job",
+                &m.lost,
+            ),
+        ] {
+            counter(e, name, help, Metrics::get(value))?;
+        }
+        counter(
+            e,
+            "token_wait_seconds",
+            "Seconds jobs consumers spent waiting for rate-limit tokens (RATE_LIMIT)",
+            s.bucket.waited().as_secs_f64(),
+        )?;
+        let db = s.db.health();
+        counter(
+            e,
+            "database_errors",
+            "Database calls that failed (each was retried)",
+            db.failures(),
+        )?;
+        counter(
+            e,
+            "database_outages",
+            "Times the database went away; each ended with a reconnect, or is still open",
+            db.episodes(),
+        )?;
+        gauge(
+            e,
+            "database_up",
+            "1 when the last database call succeeded, 0 during an outage",
+            i64::from(!db.is_down()),
+        )?;
+        gauge(
+            e,
+            "channel_depth",
+            "Jobs claimed and waiting in this replica's channel",
+            s.watch.jobs_waiting() as i64,
+        )?;
+        gauge(
+            e,
+            "channel_capacity",
+            "Bound of the jobs channel (CHANNEL_CAPACITY)",
+            s.config.channel_capacity as i64,
+        )?;
+        gauge(
+            e,
+            "consumers_busy",
+            "Jobs consumers running a task right now",
+            s.registry.len() as i64,
+        )?;
+        gauge(
+            e,
+            "consumers",
+            "Jobs consumer threads (JOB_CONSUMERS)",
+            s.config.job_consumers as i64,
+        )?;
+        gauge(
+            e,
+            "heartbeat_age_seconds",
+            "Seconds since this replica's heartbeat last landed (-1 before the first)",
+            s.liveness.last_beat_age().map_or(-1.0, |a| a.as_secs_f64()),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::task::Tasks;
+
+    fn shared() -> Arc<Shared> {
+        let config = Config::from_lookup(|k| match k {
+            "WORKER_NAME" => Some("w".into()),
+            "HEARTBEAT_INTERVAL" => Some("100ms".into()),
+            "WORKER_DEAD_AFTER" => Some("1s".into()),
+            _ => None,
+        })
+        .unwrap();
+        // The pool connects lazily: nothing here talks to a database.
+        Arc::new(Shared::new(config, Tasks::with_sleep()).unwrap())
+    }
+
+    #[test]
+    fn starting_is_healthy_but_not_ready() {
+        let s = shared();
+        assert!(health(&s).ok);
+        let r = readiness(&s);
+        assert!(!r.ok);
+        assert!(r.text.starts_with("starting"), "{}", r.text);
+    }
+
+    #[test]
+    fn ready_needs_a_fresh_heartbeat() {
+        let s = shared();
+        s.watch.set_running();
+        let r = readiness(&s);
+        assert!(!r.ok && r.text.contains("heartbeat"), "{}", r.text);
+        s.liveness.beat(s.config.heartbeat_interval);
+        assert!(readiness(&s).ok, "{}", readiness(&s).text);
+    }
+
+    #[test]
+    fn a_dead_thread_fails_both_probes_and_stopping_is_not_ready() {
+        let s = shared();
+        s.liveness.beat(s.config.heartbeat_interval);
+        let h = s.watch.spawn("consumer-jobs-0".into(), || {});
+        h.join().unwrap();
+        s.watch.set_running();
+        let (hz, rz) = (health(&s), readiness(&s));
+        assert!(!hz.ok && hz.text.contains("consumer-jobs-0"), "{}", hz.text);
+        assert!(!rz.ok && rz.text.contains("consumer-jobs-0"), "{}", rz.text);
+        s.watch.set_stopping();
+        assert!(health(&s).ok);
+        assert!(!readiness(&s).ok);
+    }
+
+    #[test]
+    fn routes() {
+        let s = shared();
+        let reg = registry(Arc::clone(&s));
+        assert_eq!(route(&s, &reg, "GET", "/healthz").status, 200);
+        assert_eq!(route(&s, &reg, "HEAD", "/readyz?verbose").status, 503);
+        assert_eq!(route(&s, &reg, "POST", "/metrics").status, 405);
+        assert_eq!(route(&s, &reg, "GET", "/nope").status, 404);
+        assert_eq!(route(&s, &reg, "GET", "/").status, 200);
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_with_every_series() {
+        let s = shared();
+        let reg = registry(Arc::clone(&s));
+        Metrics::add(&s.metrics.done, 3);
+        s.metrics.observe_claim(4);
+        s.metrics.observe_claim(0);
+        s.metrics
+            .observe_run(Some(std::time::Duration::from_millis(20)));
+        let r = route(&s, &reg, "GET", "/metrics");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+        let body = r.body;
+        for line in [
+            "# TYPE background_processing_jobs_done_total counter",
+            "background_processing_jobs_done_total 3",
+            "background_processing_jobs_claimed_total 0",
+            "background_processing_jobs_started_total 0",
+            "background_processing_jobs_cancelled_total 0",
+            "background_processing_jobs_failed_total 0",
+            "background_processing_jobs_retried_total 0",
+            "background_processing_jobs_rescued_total 0",
+            "background_processing_token_wait_seconds_total 0.0",
+            "background_processing_database_errors_total 0",
+            "background_processing_database_outages_total 0",
+            "background_processing_database_up 1",
+            "background_processing_channel_depth 0",
+            "background_processing_consumers_busy 0",
+            "# TYPE background_processing_claim_batch_size histogram",
+            "background_processing_claim_batch_size_count 1",
+            "background_processing_claim_batch_size_sum 4.0",
+            "background_processing_claim_batch_size_bucket{le=\"5\"} 1",
+            "# TYPE background_processing_job_duration_seconds histogram",
+            "background_processing_job_duration_seconds_count 1",
+            "background_processing_job_duration_seconds_bucket{le=\"0.025\"} 1",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "missing {line:?} in:\n{body}"
+            );
+        }
+        // Prometheus text 0.0.4, not OpenMetrics.
+        assert!(!body.contains("# EOF"), "{body}");
+    }
+}
