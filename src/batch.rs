@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, select};
 
-use crate::consumer::closed;
-use crate::db::jobs::{Job, job_finish_many, job_start_many, jobs_in_status};
+use crate::consumer::{closed, write_until};
+use crate::db::jobs::{Job, job_fail, job_finish_many, job_start_many, jobs_in_status, status};
 use crate::db::{DbError, PooledConn};
 use crate::metrics::Metrics;
 use crate::outage::Backoff;
@@ -39,10 +39,22 @@ pub const MAX_BATCH: usize = 500;
 /// How long a finished job may wait for others to share its `DONE!` write.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
+/// What became of a start request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// `STARTED!` is committed: run the task.
+    Yes,
+    /// This replica no longer holds the job (released, rescued, cancelled).
+    Lost,
+    /// The server refused to start this row (a value out of range, say):
+    /// it is now `FAILED!` with the reason.
+    Failed(String),
+}
+
 /// A consumer's request to start a job, with where to send the answer.
 pub struct StartRequest {
     job: (u64, u64),
-    reply: Sender<Option<bool>>,
+    reply: Sender<Option<Started>>,
 }
 
 /// The consumers' handle on the starter thread.
@@ -59,9 +71,8 @@ impl Starter {
     }
 
     /// Starts `job` (marks it `STARTED!`, committed) and waits for the
-    /// answer: `Some(true)` started, `Some(false)` this replica no longer
-    /// holds it, `None` the service stopped taking jobs first.
-    pub fn start(&self, job: &Job) -> Option<bool> {
+    /// answer; `None`: the service stopped taking jobs first.
+    pub fn start(&self, job: &Job) -> Option<Started> {
         let (reply, answer) = bounded(1);
         self.tx
             .send(StartRequest {
@@ -117,31 +128,70 @@ pub fn run_starter(shared: &Shared, rx: Receiver<StartRequest>, stop_taking: Rec
             }
             continue;
         }
-        let jobs: Vec<(u64, u64)> = batch.iter().map(|r| r.job).collect();
-        let timeout = shared.config.job_timeout;
-        let began = Instant::now();
-        let started = write_batch(
-            shared,
-            &mut held,
-            "starting jobs",
-            &stop_taking,
-            &jobs,
-            "STARTED!",
-            |c| job_start_many(c, &jobs, timeout),
-        );
-        match started {
-            Some(started) => {
-                log::trace!("started {} jobs in {:?}", started.len(), began.elapsed());
-                Metrics::add(&shared.metrics.started, started.len() as u64);
-                Metrics::add(&shared.metrics.start_batches, 1);
-                for r in batch {
-                    let _ = r.reply.send(Some(started.contains(&r.job.0)));
-                }
+        start_batch(shared, &mut held, &stop_taking, batch);
+    }
+}
+
+/// Starts one batch and answers its requests. If the server refuses the
+/// statement, each job is tried alone, so one bad row fails by itself
+/// instead of holding up every start.
+fn start_batch(
+    shared: &Shared,
+    held: &mut Option<PooledConn>,
+    stop: &Receiver<()>,
+    batch: Vec<StartRequest>,
+) {
+    let jobs: Vec<(u64, u64)> = batch.iter().map(|r| r.job).collect();
+    let timeout = shared.config.job_timeout;
+    let written = write_batch(
+        shared,
+        held,
+        "starting jobs",
+        stop,
+        &jobs,
+        "STARTED!",
+        |c| job_start_many(c, &jobs, timeout),
+    );
+    match written {
+        Batch::Written(started) => {
+            Metrics::add(&shared.metrics.started, started.len() as u64);
+            Metrics::add(&shared.metrics.start_batches, 1);
+            for r in batch {
+                let answer = if started.contains(&r.job.0) {
+                    Started::Yes
+                } else {
+                    Started::Lost
+                };
+                let _ = r.reply.send(Some(answer));
             }
-            None => {
-                for r in batch {
-                    let _ = r.reply.send(None);
-                }
+        }
+        Batch::Stopped => {
+            for r in batch {
+                let _ = r.reply.send(None);
+            }
+        }
+        Batch::Refused(_) if batch.len() > 1 => {
+            for r in batch {
+                start_batch(shared, held, stop, vec![r]);
+            }
+        }
+        Batch::Refused(e) => {
+            let (id, lease) = jobs[0];
+            let reason = format!("cannot start: the database refused it ({e})");
+            log::warn!("job {id} failed: {reason}");
+            let failed = write_until(shared, "failing a job", stop, |c| {
+                job_fail(c, id, lease, status::QUEUED, &reason)
+            });
+            if failed == Some(true) {
+                Metrics::add(&shared.metrics.failed, 1);
+            }
+            let answer = match failed {
+                Some(true) => Some(Started::Failed(reason)),
+                Some(false) => Some(Started::Lost),
+                None => None,
+            };
+            for r in batch {
+                let _ = r.reply.send(answer.clone());
             }
         }
     }
@@ -160,32 +210,69 @@ pub fn run_completer(shared: &Shared, rx: Receiver<(u64, u64)>, hard_stop: Recei
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let done = write_batch(
-            shared,
-            &mut held,
-            "finishing jobs",
-            &hard_stop,
-            &jobs,
-            "DONE!",
-            |c| job_finish_many(c, &jobs),
-        );
-        match done {
-            Some(done) => {
-                Metrics::add(&shared.metrics.done, done.len() as u64);
-                let refused = jobs.len() - done.len();
-                if refused > 0 {
-                    Metrics::add(&shared.metrics.lost, refused as u64);
-                    log::info!(
-                        "{refused} finished jobs were no longer held by this replica (cancelled or rescued \
-                         meanwhile): their DONE! was refused"
-                    );
-                }
+        finish_batch(shared, &mut held, &hard_stop, &jobs);
+    }
+}
+
+/// Writes one batch `DONE!`; if the server refuses the statement, each job
+/// is tried alone.
+fn finish_batch(
+    shared: &Shared,
+    held: &mut Option<PooledConn>,
+    stop: &Receiver<()>,
+    jobs: &[(u64, u64)],
+) {
+    let done = write_batch(shared, held, "finishing jobs", stop, jobs, "DONE!", |c| {
+        job_finish_many(c, jobs)
+    });
+    match done {
+        Batch::Refused(_) if jobs.len() > 1 => {
+            for job in jobs {
+                finish_batch(shared, held, stop, std::slice::from_ref(job));
             }
-            None => log::warn!(
-                "gave up writing DONE! for {} jobs at shutdown; the canceller will cancel them",
-                jobs.len()
-            ),
         }
+        Batch::Refused(e) => {
+            Metrics::add(&shared.metrics.lost, 1);
+            log::warn!(
+                "job {}: the database refused its DONE! ({e}); the canceller will cancel it",
+                jobs[0].0
+            );
+        }
+        Batch::Written(done) => {
+            Metrics::add(&shared.metrics.done, done.len() as u64);
+            let refused = jobs.len() - done.len();
+            if refused > 0 {
+                Metrics::add(&shared.metrics.lost, refused as u64);
+                log::info!(
+                    "{refused} finished jobs were no longer held by this replica (cancelled or rescued \
+                         meanwhile): their DONE! was refused"
+                );
+            }
+        }
+        Batch::Stopped => log::warn!(
+            "gave up writing DONE! for {} jobs at shutdown; the canceller will cancel them",
+            jobs.len()
+        ),
+    }
+}
+
+/// How a batch write ended.
+enum Batch {
+    /// Landed: the ids now in the target status under their lease.
+    Written(Vec<u64>),
+    /// The server refused the statement itself (not a lost connection, a
+    /// lock wait or a deadlock, which are retried).
+    Refused(DbError),
+    /// `stop` closed while the database was away.
+    Stopped,
+}
+
+/// Errors the server answers with that a retry can cure.
+fn transient(e: &DbError) -> bool {
+    match e {
+        // Lock wait timeout, deadlock.
+        DbError::Mysql(mysql::Error::MySqlError(m)) => matches!(m.code, 1205 | 1213),
+        other => !other.is_server_error(),
     }
 }
 
@@ -205,7 +292,7 @@ fn write_batch(
     jobs: &[(u64, u64)],
     target: &str,
     mut write: impl FnMut(&mut PooledConn) -> Result<u64, DbError>,
-) -> Option<Vec<u64>> {
+) -> Batch {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut tries = 0;
     loop {
@@ -220,14 +307,15 @@ fn write_batch(
         match result {
             Ok(ids) => {
                 shared.db.health().ok();
-                return Some(ids);
+                return Batch::Written(ids);
             }
+            Err(e) if !transient(&e) => return Batch::Refused(e),
             Err(e) => {
                 *held = None;
                 shared.db.health().failed(what, &e);
                 Metrics::add(&shared.metrics.db_retries, 1);
                 select! {
-                    recv(stop) -> _ => return None,
+                    recv(stop) -> _ => return Batch::Stopped,
                     default(backoff.next_delay()) => {}
                 }
             }

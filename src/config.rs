@@ -1,6 +1,7 @@
 //! Configuration from the environment.
 //!
-//! Every setting is an environment variable with a default (SPEC section 5).
+//! Every setting is an environment variable with a default (the README's
+//! configuration table).
 //! [`Config::from_lookup`] takes a lookup function so tests pass a map instead
 //! of touching the process environment. Everything is validated here, before
 //! any database work: a bad value is a [`ConfigError`] naming the variable,
@@ -327,11 +328,12 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Connections every thread may hold at once: one per consumer, one per
-/// publisher (jobs, canceller, heartbeat, rescuer) and two for shutdown and
-/// the periodic summary.
+/// Connections every thread may hold at once: one per consumer (a task may
+/// use one too, through `job.db`), one each for the starter, the completer
+/// and the publishers (jobs, canceller, watcher, heartbeat, rescuer,
+/// pruner), and one for the shutdown release.
 pub fn default_pool_size(job_consumers: usize, canceller_consumers: usize) -> u32 {
-    (job_consumers + canceller_consumers + 6).min(u32::MAX as usize) as u32
+    (2 * job_consumers + canceller_consumers + 9).min(u32::MAX as usize) as u32
 }
 
 /// `mysql://user:secret@host/db` -> `mysql://user:***@host/db`.
@@ -506,7 +508,7 @@ mod tests {
         assert_eq!(c.canceller_consumers, 2);
         assert_eq!(c.rate_limit, 50);
         assert_eq!(c.channel_capacity, 100);
-        assert_eq!(c.db_pool_size, 16);
+        assert_eq!(c.db_pool_size, 27);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(c.db_connect_timeout, Duration::from_secs(30));
         assert_eq!(c.log_level, LevelFilter::Info);
@@ -637,7 +639,7 @@ mod tests {
     #[test]
     fn pool_size_follows_the_thread_count() {
         let c = config(&[("JOB_CONSUMERS", "20"), ("CANCELLER_CONSUMERS", "4")]).unwrap();
-        assert_eq!(c.db_pool_size, 30);
+        assert_eq!(c.db_pool_size, 53);
     }
 
     #[test]

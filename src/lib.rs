@@ -30,10 +30,6 @@
 //! [`runner::Runner`] runs the service with the kinds a program registers
 //! (the binary registers `sleep`).
 //!
-//! What a job does is a [`task::Task`] registered under the row's `kind`;
-//! [`runner::Runner`] runs the service with the kinds a program registers
-//! (the binary registers `sleep`).
-//!
 //! All SQL lives in [`db`], one function per statement; every job
 //! transition is conditional on the status and lease (fencing token) it
 //! expects, so a replica that lost a job cannot change its row.

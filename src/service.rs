@@ -54,7 +54,7 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long interrupted tasks get to write `CANCELLED!` after the shutdown
 /// deadline before the process stops waiting for them.
-pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
 /// State every thread of a replica shares.
 pub struct Shared {
@@ -366,7 +366,9 @@ impl Service {
         }
         // A consumer that took a job just as the first release ran may have
         // left it QUEUED!: put those back too.
-        report.released += release_queued(&shared, Instant::now() + INTERRUPT_GRACE);
+        // Kept short: with SHUTDOWN_TIMEOUT and the grace above, the whole
+        // drain stays inside Kubernetes' 30 s by default.
+        report.released += release_queued(&shared, Instant::now() + Duration::from_secs(1));
 
         drop(self.stop_rest.take());
         for h in std::mem::take(&mut self.others) {

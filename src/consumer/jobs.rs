@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::batch::{Completer, Starter};
+use crate::batch::{Completer, Started, Starter};
 use crate::cancel::Interrupt;
 use crate::consumer::{closed, write_until};
 use crate::db::jobs::{Job, job_cancel, job_fail, job_retry, job_status_under_lease, status};
@@ -164,8 +164,9 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
     // Wait until this job's STARTED! is committed (with whatever other
     // consumers are starting at the same moment).
     match ch.starter.start(&job) {
-        Some(true) => {}
-        Some(false) => return lost(shared, &job, "starting"),
+        Some(Started::Yes) => {}
+        Some(Started::Lost) => return lost(shared, &job, "starting"),
+        Some(Started::Failed(_)) => return Handled::Rejected,
         None => return Handled::NotStarted,
     }
 

@@ -144,6 +144,43 @@ pub const CANCEL_OWNED_SQL: &str = "UPDATE jobs SET status = 'CANCELLED!', cance
 pub const OWNERS_ACTIVE_SQL: &str = "SELECT DISTINCT owner FROM jobs \
      WHERE status IN ('QUEUED!', 'STARTED!')";
 
+/// The rescuer's condition that `owner` is still dead when the write runs:
+/// a replica that came back between the rescuer's reads and its writes keeps
+/// what it holds.
+fn still_dead_sql(dead_after: Duration) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM workers WHERE name = :owner \
+         AND heartbeat_at >= NOW(6) - INTERVAL {} MICROSECOND)",
+        dead_after.as_micros()
+    )
+}
+
+/// The rescuer's release of a dead owner's `QUEUED!` jobs (`:owner`).
+pub fn rescue_queued_sql(dead_after: Duration) -> String {
+    format!("{RELEASE_QUEUED_SQL} AND {}", still_dead_sql(dead_after))
+}
+
+/// Puts a dead owner's `QUEUED!` jobs back to new, unless it beat again.
+pub fn job_rescue_queued(conn: &mut Conn, owner: &str, dead_after: Duration) -> DbResult<u64> {
+    conn.exec_drop(rescue_queued_sql(dead_after), params! { owner })?;
+    Ok(conn.affected_rows())
+}
+
+/// Cancels a dead owner's `STARTED!` jobs with `reason`, unless it beat
+/// again.
+pub fn job_rescue_started(
+    conn: &mut Conn,
+    owner: &str,
+    reason: &str,
+    dead_after: Duration,
+) -> DbResult<u64> {
+    conn.exec_drop(
+        format!("{CANCEL_OWNED_SQL} AND {}", still_dead_sql(dead_after)),
+        params! { owner, reason },
+    )?;
+    Ok(conn.affected_rows())
+}
+
 /// Puts ownerless `QUEUED!` rows back. Uses the `(status, owner)` index.
 pub const RELEASE_UNOWNED_SQL: &str =
     "UPDATE jobs SET status = NULL, queued_at = NULL WHERE status = 'QUEUED!' AND owner IS NULL";
@@ -177,7 +214,31 @@ pub fn job_claim_many(
         return Ok(Vec::new());
     }
     let mut tx = conn.start_transaction(TxOpts::default())?;
-    let rows: Vec<ClaimRow> = tx.query(claim_select_sql(limit, after))?;
+    let raw: Vec<mysql::Row> = tx.query(claim_select_sql(limit, after))?;
+    // A row whose columns cannot be read as the service's types (a legacy
+    // table's unsigned object_id past i64, say) fails, in this same
+    // transaction, instead of stopping the claims.
+    let mut rows: Vec<ClaimRow> = Vec::with_capacity(raw.len());
+    let mut unreadable: Vec<u64> = Vec::new();
+    for row in raw {
+        let id: Option<u64> = row.get_opt(0).and_then(Result::ok);
+        match mysql::from_row_opt::<ClaimRow>(row) {
+            Ok(r) => rows.push(r),
+            Err(_) => unreadable.extend(id),
+        }
+    }
+    if !unreadable.is_empty() {
+        tx.query_drop(format!(
+            "UPDATE jobs SET status = 'FAILED!', finished_at = NOW(6), \
+             error = 'cannot read this row: a column holds a value of the wrong type or range' \
+             WHERE id IN ({}) AND status IS NULL",
+            id_list(unreadable.iter().copied())
+        ))?;
+        log::warn!(
+            "failed {} unreadable rows: {unreadable:?}",
+            unreadable.len()
+        );
+    }
     if rows.is_empty() {
         tx.commit()?;
         return Ok(Vec::new());
@@ -192,7 +253,7 @@ pub fn job_claim_many(
     }
     tx.query_drop(format!(
         "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6), owner = '{owner}', \
-         lease = lease + 1 WHERE id IN ({}) AND status IS NULL",
+         lease = {NEXT_LEASE_SQL} WHERE id IN ({}) AND status IS NULL",
         id_list(rows.iter().map(|r| r.0))
     ))?;
     let jobs: Vec<Job> = rows
@@ -214,7 +275,7 @@ pub fn job_claim_many(
                     id,
                     object_id,
                     sleep,
-                    lease: lease + 1,
+                    lease: next_lease(lease),
                     kind,
                     payload,
                     attempts,
@@ -242,6 +303,19 @@ pub fn job_any_claimable(conn: &mut Conn) -> DbResult<bool> {
     let found: Option<u8> = conn.query_first(CLAIMABLE_SQL)?;
     Ok(found.is_some())
 }
+
+/// The next lease after `lease`, as the claim computes it: wraps to 1
+/// before the column's range ends, so a row claimed that often still claims.
+pub fn next_lease(lease: u64) -> u64 {
+    if lease < i64::MAX as u64 {
+        lease + 1
+    } else {
+        1
+    }
+}
+
+/// [`next_lease`] in SQL.
+const NEXT_LEASE_SQL: &str = "IF(lease < 9223372036854775807, lease + 1, 1)";
 
 /// Puts claims back to new if they are still `QUEUED!` under their lease:
 /// settles a claim whose commit failed. Returns how many went back.

@@ -111,7 +111,9 @@ pub fn apply(conn: &mut Conn, report: &mut MigrateReport) -> DbResult<()> {
     )?;
     for (name, definition) in ADDED_COLUMNS {
         if !columns.iter().any(|c| c.eq_ignore_ascii_case(name)) {
-            conn.query_drop(format!("ALTER TABLE jobs ADD COLUMN `{name}` {definition}"))?;
+            tolerate_race(
+                conn.query_drop(format!("ALTER TABLE jobs ADD COLUMN `{name}` {definition}")),
+            )?;
             report.added_columns.push(name.to_string());
         }
     }
@@ -121,17 +123,30 @@ pub fn apply(conn: &mut Conn, report: &mut MigrateReport) -> DbResult<()> {
     )?;
     for (name, cols) in INDEXES {
         if !indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
-            conn.query_drop(format!("ALTER TABLE jobs ADD INDEX `{name}` ({cols})"))?;
+            tolerate_race(
+                conn.query_drop(format!("ALTER TABLE jobs ADD INDEX `{name}` ({cols})")),
+            )?;
             report.added_indexes.push(name.to_string());
         }
     }
     for name in OBSOLETE_INDEXES {
         if indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
-            conn.query_drop(format!("ALTER TABLE jobs DROP INDEX `{name}`"))?;
+            tolerate_race(conn.query_drop(format!("ALTER TABLE jobs DROP INDEX `{name}`")))?;
             report.dropped_indexes.push(name.to_string());
         }
     }
     Ok(())
+}
+
+/// Several replicas may migrate at once (an init container per pod): if
+/// another got there between our check and our ALTER, the column or index
+/// is already as wanted (duplicate column 1060, duplicate key 1061, nothing
+/// to drop 1091).
+fn tolerate_race(result: Result<(), mysql::Error>) -> DbResult<()> {
+    match result {
+        Err(mysql::Error::MySqlError(e)) if matches!(e.code, 1060 | 1061 | 1091) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Fails with a clear message when the tables `run` needs are missing.

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, never};
 
 use crate::db::DbResult;
 use crate::db::jobs::{
-    job_cancel_owned, job_owners_active, job_release_queued, job_release_unowned,
+    job_owners_active, job_release_unowned, job_rescue_queued, job_rescue_started,
 };
 use crate::db::workers::{worker_list, worker_remove_dead};
 use crate::metrics::Metrics;
@@ -89,12 +89,12 @@ impl Rescuer {
             if owner == self.shared.worker || live(&owner) {
                 continue;
             }
-            let released = job_release_queued(&mut conn, &owner)?;
+            let released = job_rescue_queued(&mut conn, &owner, dead_after)?;
             let reason = format!(
                 "cancelled: its worker {owner} died (no heartbeat for {})",
                 humantime::format_duration(dead_after)
             );
-            let cancelled = job_cancel_owned(&mut conn, &owner, &reason)?;
+            let cancelled = job_rescue_started(&mut conn, &owner, &reason, dead_after)?;
             if released + cancelled > 0 {
                 log::warn!(
                     "worker {owner} is dead: put back {released} queued jobs, cancelled {cancelled} started ones"

@@ -664,7 +664,7 @@ fn unreachable_database_exits_1_without_leaking_the_password() {
 // command line
 // ---------------------------------------------------------------------------
 
-/// Every variable of the contract with its fixed default (None: computed).
+/// Every variable the service reads, with its fixed default (None: computed).
 const DEFAULTS: &[(&str, Option<&str>)] = &[
     (
         "DATABASE_URL",

@@ -1,5 +1,5 @@
 //! Task kinds, retries, scheduling, priorities, per-job timeouts and
-//! retention (issue 4), in process: custom [`Task`]s registered through
+//! retention, in process: custom [`Task`]s registered through
 //! [`Tasks`] and run by [`Service::start`] against a real database per test.
 
 use std::collections::HashMap;
@@ -816,4 +816,38 @@ fn json_int_reads_a_flat_object() {
     assert_eq!(json_int(r#"{"m":1,"n":-12}"#, "n"), Some(-12));
     assert_eq!(json_int(r#"{"m": 7}"#, "n"), None);
     assert_eq!(json_int(r#"{"n": "x"}"#, "n"), None);
+}
+
+/// Regression: a row with a value the database refuses to compute with (a
+/// `timeout` or `attempts` at the end of its range) once failed the whole
+/// start batch, retried for ever, and held up every start on the replica;
+/// a `lease` at the end of its range did the same to claims.
+#[test]
+fn values_at_the_end_of_their_range_fail_their_row_alone() {
+    let db = TestDb::new("kind_range_ends");
+    let huge_timeout = insert(
+        &db,
+        "object_id, sleep, timeout",
+        "1, 0, 18446744073709551615",
+    );
+    let huge_attempts = insert(&db, "object_id, sleep, attempts", "2, 0, 4294967295");
+    let max_lease = insert(&db, "object_id, sleep, lease", "3, 0, 18446744073709551615");
+    let normal: Vec<u64> = (0..20)
+        .map(|_| insert(&db, "object_id, sleep", "4, 0"))
+        .collect();
+    let service = start(&db, &[("JOB_CONSUMERS", "4")], Tasks::with_sleep());
+    for id in &normal {
+        wait_status(&db, *id, DONE, Duration::from_secs(20));
+    }
+    wait_status(&db, huge_timeout, FAILED, Duration::from_secs(20));
+    wait_status(&db, huge_attempts, FAILED, Duration::from_secs(20));
+    wait_status(&db, max_lease, DONE, Duration::from_secs(20));
+    service.shutdown();
+    for id in [huge_timeout, huge_attempts] {
+        let job = db.job(id);
+        assert!(job.error_lower().contains("cannot start"), "{job:?}");
+        assert_eq!(job.started_at, None, "never started: {job:?}");
+    }
+    let lease: u64 = col(&db, max_lease, "lease");
+    assert_eq!(lease, 1, "the lease wraps instead of overflowing");
 }

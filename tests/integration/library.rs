@@ -10,7 +10,7 @@ use background_processing::consumer::canceller::cancel_one;
 use background_processing::db::jobs::{
     CANCEL_OWNED_SQL, CLAIMABLE_SQL, Dead, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL,
     RELEASE_UNOWNED_SQL, Running, claim_select_sql, dead_select_sql, find_lost_sql, job_finish,
-    job_release_queued, job_start, prune_sql,
+    job_release_queued, job_start, prune_sql, rescue_queued_sql,
 };
 use background_processing::db::migrate::migrate;
 use background_processing::publisher::canceller::CancellerPublisher;
@@ -221,6 +221,11 @@ fn every_claim_and_scan_query_uses_an_index_range() {
             mysql::Params::Empty,
         ),
         ("release queued", RELEASE_QUEUED_SQL.into(), owner()),
+        (
+            "rescue queued",
+            rescue_queued_sql(Duration::from_secs(10)),
+            owner(),
+        ),
         (
             "cancel owned",
             CANCEL_OWNED_SQL.into(),

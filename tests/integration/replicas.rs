@@ -1,6 +1,7 @@
-//! Issue 3 with the real binary: several replicas on one table, a replica
-//! killed (-9), a replica frozen (SIGSTOP) and resumed, and a database outage
-//! put between the service and MariaDB by a proxy the test controls.
+//! Replicas, crashes and outages with the real binary: several replicas on
+//! one table, a replica killed (-9), a replica frozen (SIGSTOP) and resumed,
+//! and a database outage put between the service and MariaDB by a proxy the
+//! test controls.
 //!
 //! Every status change of every job is recorded by an `AFTER UPDATE` trigger
 //! into an `audit` table the test creates, so "started at most once" and

@@ -26,28 +26,7 @@ const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
 /// A URL that no database listens on: port 1 on loopback refuses at once.
 pub const CLOSED_PORT_URL: &str = "mysql://root@127.0.0.1:1/x";
 
-/// Every environment variable of the contract. Children never inherit these
-/// from the test runner's environment; each test sets what it means.
-pub const CONTRACT_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "JOBS_POLL_INTERVAL",
-    "CANCELLER_POLL_INTERVAL",
-    "JOB_TIMEOUT",
-    "JOB_CONSUMERS",
-    "CANCELLER_CONSUMERS",
-    "RATE_LIMIT",
-    "CHANNEL_CAPACITY",
-    "DB_POOL_SIZE",
-    "SHUTDOWN_TIMEOUT",
-    "DB_CONNECT_TIMEOUT",
-    "LOG_LEVEL",
-    "WORKER_NAME",
-    "HEARTBEAT_INTERVAL",
-    "WORKER_DEAD_AFTER",
-    "METRICS_ADDR",
-];
-
-/// Statuses, spelled as the contract spells them.
+/// Statuses, spelled as the service spells them.
 pub const QUEUED: &str = "QUEUED!";
 pub const STARTED: &str = "STARTED!";
 pub const DONE: &str = "DONE!";
@@ -581,8 +560,10 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        for var in CONTRACT_VARS {
-            cmd.env_remove(var);
+        // Children never inherit the service's variables from the test
+        // runner's environment: each test sets what it means.
+        for var in background_processing::config::VARS {
+            cmd.env_remove(var.name);
         }
         for (k, v) in env {
             cmd.env(k.as_ref(), v.as_ref());
