@@ -16,14 +16,18 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /build
 
-# Dependencies: a stub crate with the real manifest and lock file.
+# Dependencies: a stub crate with the real manifest and lock file. The
+# manifest names test and bench targets the release build does not compile
+# but cargo wants to find, so their stubs stay.
 COPY Cargo.toml Cargo.lock ./
 COPY scripts/build-release scripts/build-release
-RUN mkdir -p src tests/integration \
+RUN mkdir -p src tests/integration benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs tests/integration/main.rs \
+    && echo 'fn main() {}' > benches/pipeline.rs \
+    && echo 'fn main() {}' > benches/end_to_end.rs \
     && scripts/build-release \
-    && rm -rf src tests \
+    && rm -rf src \
         target/release/.fingerprint/background-processing-* \
         target/release/deps/background_processing-* \
         target/release/deps/libbackground_processing-* \
