@@ -200,6 +200,8 @@ impl Service {
         }
         let heartbeat = Heartbeat::new(Arc::clone(&shared));
         heartbeat.register_at_start().map_err(db_err)?;
+        // From here a stop signal must drain: jobs are about to be claimed.
+        crate::shutdown::mark_running();
         let mut service = Service::spawn_threads(shared, heartbeat);
         service.http = http;
         service.shared.watch.set_running();

@@ -2,7 +2,10 @@
 //!
 //! The first SIGTERM or SIGINT drops the only sender of the stop channel,
 //! which wakes every receiver at once (the crossbeam-channel idiom); the
-//! service then drains. A second signal exits at once, with code 130.
+//! service then drains. A second signal exits at once, with code 130. A
+//! signal that comes while start-up is still waiting (for the database, or
+//! for its name to be free) exits at once with code 0: nothing has been
+//! claimed yet, and the wait could outlast Kubernetes' grace period.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +14,15 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 /// Exit code of a second signal during shutdown.
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Set once the service runs: from then on a signal drains it.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Tells the handler the service has started: a signal now drains it
+/// rather than ending start-up.
+pub fn mark_running() {
+    RUNNING.store(true, Ordering::SeqCst);
+}
 
 /// Installs the SIGTERM/SIGINT handler. Returns the receiver that closes on
 /// the first signal. Fails if a handler is already installed.
@@ -22,6 +34,10 @@ pub fn install() -> Result<Receiver<()>, ctrlc::Error> {
         if seen.swap(true, Ordering::SeqCst) {
             log::warn!("second stop signal: exiting at once");
             std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+        if !RUNNING.load(Ordering::SeqCst) {
+            log::info!("stop signal received during start-up: nothing claimed yet, exiting");
+            std::process::exit(0);
         }
         log::info!("stop signal received: draining (a second signal exits at once)");
         drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take());

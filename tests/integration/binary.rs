@@ -851,3 +851,27 @@ fn demo_shows_done_and_cancelled_then_stops_on_sigterm() {
     );
     assert_no_panic(&svc);
 }
+
+/// Regression: a stop signal while start-up still waited for the database
+/// was only acted on once start-up finished (up to `DB_CONNECT_TIMEOUT`
+/// later), which can outlast Kubernetes' grace period.
+#[test]
+fn sigterm_during_start_up_exits_0_at_once() {
+    let env = service_env(CLOSED_PORT_URL, &[("DB_CONNECT_TIMEOUT", "60s")]);
+    let mut svc = Service::spawn(&["run"], &env);
+    wait_until(
+        Duration::from_secs(20),
+        "start-up to begin waiting for the database",
+        || svc.stderr().contains("task kinds"),
+    );
+    let began = std::time::Instant::now();
+    svc.sigterm();
+    let status = svc.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", svc.stderr());
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "exited {:?} after the signal, not at once",
+        began.elapsed()
+    );
+    assert!(svc.stderr().contains("during start-up"), "{}", svc.stderr());
+}
