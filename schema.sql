@@ -40,8 +40,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Every failed attempt's error, one line each.
     errors       TEXT            NULL,
     PRIMARY KEY (id),
-    -- Claims: status IS NULL, highest priority first, then oldest.
-    KEY jobs_claim (status, priority DESC, id),
+    -- Claims: new rows, those due now (run_at NULL) by priority then age,
+    -- and scheduled ones by when they fell due; rows scheduled for later
+    -- sit apart, past the range a claim reads.
+    KEY jobs_claim_due (status, run_at, priority DESC, id),
     -- Canceller: STARTED! jobs by deadline (and by start time for rows
     -- started before deadlines were recorded).
     KEY jobs_deadline (status, deadline_at, started_at),

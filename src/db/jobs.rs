@@ -87,10 +87,13 @@ pub struct Running {
     pub lease: u64,
 }
 
-/// The claim query: new rows that are due, highest priority first, then
-/// oldest, skipping rows another replica is claiming right now. Uses the
-/// `(status, priority DESC, id)` index; rows scheduled for later are
-/// filtered out as the range is read.
+const CLAIM_COLUMNS: &str =
+    "id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout, priority";
+
+/// The claim's first query: new rows due now (`run_at` NULL), highest
+/// priority first, then oldest, skipping rows another replica is claiming
+/// right now. An equality prefix of the `(status, run_at, priority DESC,
+/// id)` index, read in order: rows scheduled for later are never read.
 pub fn claim_select_sql(limit: usize, after: Option<(i32, u64)>) -> String {
     // Continuing after the last claim's (priority, id) skips the index
     // entries of rows claimed moments ago, which purge has not removed yet:
@@ -100,9 +103,18 @@ pub fn claim_select_sql(limit: usize, after: Option<(i32, u64)>) -> String {
         None => String::new(),
     };
     format!(
-        "SELECT id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout, priority \
-         FROM jobs WHERE status IS NULL AND (run_at IS NULL OR run_at <= NOW(6)){after} \
+        "SELECT {CLAIM_COLUMNS} FROM jobs WHERE status IS NULL AND run_at IS NULL{after} \
          ORDER BY priority DESC, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// The claim's second query: scheduled rows (and retries) that have fallen
+/// due, in the order they fell due. A range of the same index that ends at
+/// now: rows scheduled for later are never read.
+pub fn claim_scheduled_sql(limit: usize) -> String {
+    format!(
+        "SELECT {CLAIM_COLUMNS} FROM jobs WHERE status IS NULL AND run_at <= NOW(6) \
+         ORDER BY run_at, priority DESC, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
     )
 }
 
@@ -201,7 +213,8 @@ pub fn find_lost_sql(runs: &[Running]) -> String {
 /// If the commit fails, the claim may or may not have landed: the jobs are
 /// left in `in_doubt` for [`job_release_claims`] to settle once the database
 /// answers again; otherwise `in_doubt` is left empty. With `after`, only rows
-/// ordered after that (priority, id) are considered.
+/// ordered after that (priority, id) are considered, and scheduled rows only
+/// if those run short.
 pub fn job_claim_many(
     conn: &mut Conn,
     owner: &str,
@@ -214,7 +227,13 @@ pub fn job_claim_many(
         return Ok(Vec::new());
     }
     let mut tx = conn.start_transaction(TxOpts::default())?;
-    let raw: Vec<mysql::Row> = tx.query(claim_select_sql(limit, after))?;
+    let mut raw: Vec<mysql::Row> = tx.query(claim_select_sql(limit, after))?;
+    // Scheduled rows that fell due are looked for on every claim from the
+    // top (each tick) and whenever the due-now rows run short; a claim that
+    // continues a full one skips them, so the hot path costs one read.
+    if after.is_none() || raw.len() < limit {
+        raw.extend(tx.query::<mysql::Row, _>(claim_scheduled_sql(limit))?);
+    }
     // A row whose columns cannot be read as the service's types (a legacy
     // table's unsigned object_id past i64, say) fails, in this same
     // transaction, instead of stopping the claims.
@@ -243,6 +262,10 @@ pub fn job_claim_many(
         tx.commit()?;
         return Ok(Vec::new());
     }
+    // The two queries' candidates, in claim order: highest priority first,
+    // then oldest. The ones left over stay new (their locks go at commit).
+    rows.sort_by(|a, b| b.9.cmp(&a.9).then(a.0.cmp(&b.0)));
+    rows.truncate(limit);
     // Text protocol: a prepared statement would be prepared anew for every
     // batch size. The owner is a validated worker name (no quoting needed);
     // refuse anything else rather than build SQL from it.
@@ -295,8 +318,8 @@ pub fn job_claim_many(
 /// Whether any new row is due, by a plain read (no transaction, no
 /// locks): an idle replica asks this instead of opening a claim
 /// transaction on every tick. Uses the claim index.
-pub const CLAIMABLE_SQL: &str = "SELECT 1 FROM jobs WHERE status IS NULL \
-     AND (run_at IS NULL OR run_at <= NOW(6)) LIMIT 1";
+pub const CLAIMABLE_SQL: &str = "(SELECT 1 FROM jobs WHERE status IS NULL AND run_at IS NULL LIMIT 1) \
+     UNION ALL (SELECT 1 FROM jobs WHERE status IS NULL AND run_at <= NOW(6) LIMIT 1) LIMIT 1";
 
 /// See [`CLAIMABLE_SQL`].
 pub fn job_any_claimable(conn: &mut Conn) -> DbResult<bool> {

@@ -30,7 +30,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
 
 /// Indexes the service's queries need, with their columns.
 const INDEXES: &[(&str, &str)] = &[
-    ("jobs_claim", "status, priority DESC, id"),
+    ("jobs_claim_due", "status, run_at, priority DESC, id"),
     ("jobs_deadline", "status, deadline_at, started_at"),
     ("jobs_status_owner", "status, owner"),
     ("jobs_status_finished_at", "status, finished_at"),
@@ -38,7 +38,7 @@ const INDEXES: &[(&str, &str)] = &[
 
 /// Indexes of earlier versions that newer ones replace: dropped, since every
 /// index costs every write.
-const OBSOLETE_INDEXES: &[&str] = &["jobs_status_id", "jobs_status_started_at"];
+const OBSOLETE_INDEXES: &[&str] = &["jobs_status_id", "jobs_status_started_at", "jobs_claim"];
 
 /// The statements of `schema.sql`, without comments.
 pub fn schema_statements() -> Vec<String> {
