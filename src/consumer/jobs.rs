@@ -32,7 +32,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::batch::{Completer, Started, Starter};
 use crate::cancel::Interrupt;
 use crate::consumer::{closed, write_until};
-use crate::db::jobs::{Job, job_cancel, job_fail, job_retry, job_status_under_lease, status};
+use crate::db::jobs::{Job, job_cancel, job_fail, job_retry, jobs_in_status, status};
 use crate::db::{DbError, PooledConn};
 use crate::metrics::Metrics;
 use crate::service::Shared;
@@ -128,35 +128,18 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
             job.kind,
             shared.tasks.kinds().join(", ")
         )),
-        Some(task) => {
-            catch_unwind(AssertUnwindSafe(|| task.validate(&ctx))).unwrap_or_else(|panic| {
+        Some(task) => catch_unwind(AssertUnwindSafe(|| task.validate(&ctx)))
+            .unwrap_or_else(|panic| {
                 Err(format!(
                     "task validation panicked: {}",
                     panic_message(&*panic)
                 ))
             })
-        }
+            .map(|()| task),
     };
-    if let Err(reason) = checked {
-        log::warn!("job {} failed: {reason}", job.id);
-        return match transition(
-            shared,
-            "failing a job",
-            &ch.hard_stop,
-            &job,
-            status::FAILED,
-            |c| job_fail(c, job.id, job.lease, status::QUEUED, &reason),
-        ) {
-            Some(true) => {
-                Metrics::add(&m.failed, 1);
-                Handled::Rejected
-            }
-            Some(false) => lost(shared, &job, "failing"),
-            None => Handled::NotStarted,
-        };
-    }
-    let Some(task) = shared.tasks.get(&job.kind) else {
-        unreachable!("checked above");
+    let task = match checked {
+        Ok(task) => task,
+        Err(reason) => return reject(shared, &job, ch, &reason),
     };
     if !shared.bucket.take(&ch.stop_taking) || closed(&ch.stop_taking) {
         return Handled::NotStarted;
@@ -305,8 +288,29 @@ fn transition(
         if tries == 1 {
             return Ok(false);
         }
-        Ok(job_status_under_lease(c, job.id, job.lease)?.as_deref() == Some(target))
+        Ok(!jobs_in_status(c, &[(job.id, job.lease)], target)?.is_empty())
     })
+}
+
+/// Fails a job that cannot start (unknown kind, bad input) without ever
+/// starting it.
+fn reject(shared: &Shared, job: &Job, ch: &Channels, reason: &str) -> Handled {
+    log::warn!("job {} failed: {reason}", job.id);
+    match transition(
+        shared,
+        "failing a job",
+        &ch.hard_stop,
+        job,
+        status::FAILED,
+        |c| job_fail(c, job.id, job.lease, status::QUEUED, reason),
+    ) {
+        Some(true) => {
+            Metrics::add(&shared.metrics.failed, 1);
+            Handled::Rejected
+        }
+        Some(false) => lost(shared, job, "failing"),
+        None => Handled::NotStarted,
+    }
 }
 
 fn lost(shared: &Shared, job: &Job, doing: &str) -> Handled {

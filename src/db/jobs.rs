@@ -355,41 +355,17 @@ pub fn job_release_claims(conn: &mut Conn, claims: &[Job]) -> DbResult<u64> {
     Ok(released)
 }
 
-/// A job's status if it is still under `lease`: tells whether a write whose
-/// reply was lost (the connection broke after the commit) did land.
-pub fn job_status_under_lease(conn: &mut Conn, id: u64, lease: u64) -> DbResult<Option<String>> {
-    let status: Option<Option<String>> = conn.exec_first(
-        "SELECT status FROM jobs WHERE id = :id AND lease = :lease",
-        params! { id, lease },
-    )?;
-    Ok(status.flatten())
-}
-
 /// Marks a claimed job `STARTED!` with `started_at`, counts the attempt and
 /// sets its deadline (`timeout` milliseconds from now, the job's own
 /// `timeout` column winning), if this claim still holds it. Committed before
 /// the task begins, so an attempt starts at most once.
 pub fn job_start(conn: &mut Conn, id: u64, lease: u64, timeout: Duration) -> DbResult<bool> {
-    let default_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
-    conn.exec_drop(
-        "UPDATE jobs SET status = 'STARTED!', started_at = NOW(6), attempts = attempts + 1, \
-         deadline_at = NOW(6) + INTERVAL COALESCE(timeout, :default_ms) * 1000 MICROSECOND \
-         WHERE id = :id AND lease = :lease AND status = 'QUEUED!'",
-        params! { id, lease, default_ms },
-    )?;
-    Ok(conn.affected_rows() == 1)
+    Ok(job_start_many(conn, &[(id, lease)], timeout)? == 1)
 }
 
 /// Marks a running job `DONE!` with `finished_at`, if this run still holds it.
 pub fn job_finish(conn: &mut Conn, id: u64, lease: u64) -> DbResult<bool> {
-    // An earlier attempt's error no longer explains this row: clear it
-    // (`errors` keeps the history).
-    conn.exec_drop(
-        "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6), error = NULL \
-         WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
-        params! { id, lease },
-    )?;
-    Ok(conn.affected_rows() == 1)
+    Ok(job_finish_many(conn, &[(id, lease)])? == 1)
 }
 
 /// Marks a job `FAILED!` with the reason, if it is still in `expected`
@@ -526,8 +502,8 @@ fn lease_matches(jobs: &[(u64, u64)]) -> String {
     s
 }
 
-/// Marks a batch of claimed jobs `STARTED!` in one statement, as
-/// [`job_start`] does for one. Returns how many rows changed.
+/// Marks a batch of claimed jobs `STARTED!` in one statement (see
+/// [`job_start`]). Returns how many rows changed.
 pub fn job_start_many(conn: &mut Conn, jobs: &[(u64, u64)], timeout: Duration) -> DbResult<u64> {
     if jobs.is_empty() {
         return Ok(0);
@@ -543,8 +519,8 @@ pub fn job_start_many(conn: &mut Conn, jobs: &[(u64, u64)], timeout: Duration) -
     Ok(conn.affected_rows())
 }
 
-/// Marks a batch of running jobs `DONE!` in one statement, as
-/// [`job_finish`] does for one. Returns how many rows changed.
+/// Marks a batch of running jobs `DONE!` in one statement (see
+/// [`job_finish`]). Returns how many rows changed.
 pub fn job_finish_many(conn: &mut Conn, jobs: &[(u64, u64)]) -> DbResult<u64> {
     if jobs.is_empty() {
         return Ok(0);

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, never};
 
 use crate::db::DbResult;
 use crate::db::jobs::{Dead, job_find_dead};
-use crate::publisher::tick_loop;
+use crate::publisher::{free_room, tick_loop};
 use crate::service::Shared;
 
 /// The canceller publisher.
@@ -30,11 +30,7 @@ impl CancellerPublisher {
 
     /// One scan: sends dead jobs to the channel; returns how many.
     pub fn run_once(&self) -> DbResult<usize> {
-        let room = self
-            .tx
-            .capacity()
-            .unwrap_or(usize::MAX)
-            .saturating_sub(self.tx.len());
+        let room = free_room(&self.tx);
         let dead = {
             let mut conn = self.shared.db.conn()?;
             job_find_dead(&mut conn, self.shared.config.job_timeout, room)?

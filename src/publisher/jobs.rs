@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::db::jobs::{Job, job_any_claimable, job_claim_many, job_release_claims};
 use crate::db::{DbResult, PooledConn};
 use crate::metrics::Metrics;
-use crate::publisher::{Trigger, tick_loop};
+use crate::publisher::{Trigger, free_room, tick_loop};
 use crate::service::Shared;
 
 /// What one claim did.
@@ -66,10 +66,7 @@ impl JobsPublisher {
 
     /// Free room in the channel.
     pub fn room(&self) -> usize {
-        self.tx
-            .capacity()
-            .unwrap_or(usize::MAX)
-            .saturating_sub(self.tx.len())
+        free_room(&self.tx)
     }
 
     /// One claim: up to the channel's free room, from the top of the queue.

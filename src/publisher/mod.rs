@@ -19,6 +19,12 @@ use crate::db::DbResult;
 use crate::outage::Backoff;
 use crate::service::Shared;
 
+/// Free room in a bounded channel: how much a pass may send without
+/// blocking.
+pub(crate) fn free_room<T>(tx: &crossbeam_channel::Sender<T>) -> usize {
+    tx.capacity().unwrap_or(usize::MAX).saturating_sub(tx.len())
+}
+
 /// Why a pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trigger {

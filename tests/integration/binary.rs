@@ -9,30 +9,9 @@ use std::time::{Duration, Instant};
 const SEC: i64 = 1_000_000_000; // one second of `sleep`, in nanoseconds
 const US: i64 = 1_000_000; // one second, in microseconds
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn ms(m: u64) -> Duration {
-    Duration::from_millis(m)
-}
-
 /// Table dump plus service logs, for failure messages.
 fn context(db: &TestDb, svc: &Service) -> String {
     format!("--- jobs:\n{}\n{}", db.dump(), svc.logs())
-}
-
-fn assert_no_panic(svc: &Service) {
-    let err = svc.stderr();
-    assert!(
-        !err.contains("panicked"),
-        "the service panicked:\n{}",
-        svc.logs()
-    );
-}
-
-fn all_final(db: &TestDb) -> bool {
-    db.count("status IS NULL OR status NOT IN ('DONE!', 'CANCELLED!', 'FAILED!')") == 0
 }
 
 // ---------------------------------------------------------------------------

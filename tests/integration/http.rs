@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 const MS: i64 = 1_000_000; // one millisecond of `sleep`, in nanoseconds
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
 /// One HTTP answer.
 #[derive(Debug)]
 struct Answer {

@@ -29,14 +29,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn ms(m: u64) -> Duration {
-    Duration::from_millis(m)
-}
-
 // ---------------------------------------------------------------------------
 // The audit trigger
 // ---------------------------------------------------------------------------
@@ -208,10 +200,6 @@ fn insert_many(db: &TestDb, n: usize, sleep_ns: i64) -> Vec<u64> {
     ids
 }
 
-fn all_final(db: &TestDb) -> bool {
-    db.count("status IS NULL OR status NOT IN ('DONE!', 'CANCELLED!', 'FAILED!')") == 0
-}
-
 /// `status (owner): count` over the whole table, for messages.
 fn counts(db: &TestDb) -> String {
     let rows: Vec<(Option<String>, Option<String>, u64)> = db
@@ -264,14 +252,6 @@ fn context(db: &TestDb, services: &[&Service]) -> String {
         out.push('\n');
     }
     out
-}
-
-fn assert_no_panic(svc: &Service) {
-    assert!(
-        !svc.stderr().contains("panicked"),
-        "the service panicked:\n{}",
-        svc.logs()
-    );
 }
 
 /// Asserts every service is still running (with its logs if not).

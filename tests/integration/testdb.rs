@@ -470,6 +470,29 @@ impl Drop for TestDb {
 // Waiting
 // ---------------------------------------------------------------------------
 
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// No row is new or in flight: every one is final (or a client's own
+/// status).
+pub fn all_final(db: &TestDb) -> bool {
+    db.count("status IS NULL OR status NOT IN ('DONE!', 'CANCELLED!', 'FAILED!')") == 0
+}
+
+/// Fails the test if the service's log shows a panic.
+pub fn assert_no_panic(svc: &Service) {
+    assert!(
+        !svc.stderr().contains("panicked"),
+        "the service panicked:\n{}",
+        svc.logs()
+    );
+}
+
 /// Polls `cond` every 50 ms until it holds; panics with `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
     wait_until_or(timeout, what, cond, String::new);
