@@ -2,7 +2,7 @@
 //! a fresh database with N jobs waiting, and prints one JSON line of figures.
 //!
 //! ```text
-//! bench [--jobs N] [--sleep NS] [--idle SECONDS] [--binary PATH] [KEY=VALUE ...]
+//! bench [--jobs N] [--sleep NS] [--idle SECONDS] [--reference] [--binary PATH] [KEY=VALUE ...]
 //! ```
 //!
 //! `KEY=VALUE` pairs are the service's environment (e.g. `RATE_LIMIT=0`);
@@ -18,7 +18,13 @@
 //!   N; `fsyncs_per_job`: `Innodb_data_fsyncs` delta over N;
 //! - `queue_to_start_ms_p50` / `_p99`: `started_at - queued_at`;
 //! - `rss_peak_mib`: the service's peak resident memory (`VmHWM`);
-//! - with `--idle S`: no jobs, and `idle_statements_per_s` over S seconds.
+//! - with `--idle S`: no jobs, and `idle_statements_per_s` over S seconds;
+//! - with `--reference`: instead of the service, the minimal batched design
+//!   the throughput target is set against (one claimer taking 500 jobs per
+//!   transaction straight to `STARTED!`, four workers marking them `DONE!`
+//!   with one `UPDATE ... WHERE id IN (...)` per batch, no owner, lease or
+//!   task), on the same table and server: the machine's ceiling, so the
+//!   service's figure can be read as a fraction of it.
 //!
 //! Counters are server-wide: run it on a server nothing else is using.
 
@@ -33,6 +39,7 @@ struct Args {
     jobs: usize,
     sleep_ns: i64,
     idle: Option<u64>,
+    reference: bool,
     binary: String,
     env: BTreeMap<String, String>,
 }
@@ -42,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         jobs: 20_000,
         sleep_ns: 0,
         idle: None,
+        reference: false,
         binary: "target/release/background-processing".into(),
         env: BTreeMap::new(),
     };
@@ -66,9 +74,10 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--idle: {e}"))?,
                 )
             }
+            "--reference" => args.reference = true,
             "--binary" => args.binary = value("--binary")?,
             "-h" | "--help" => {
-                return Err("usage: bench [--jobs N] [--sleep NS] [--idle SECONDS] [--binary PATH] [KEY=VALUE ...]".into());
+                return Err("usage: bench [--jobs N] [--sleep NS] [--idle SECONDS] [--reference] [--binary PATH] [KEY=VALUE ...]".into());
             }
             kv => match kv.split_once('=') {
                 Some((k, v)) => {
@@ -117,7 +126,7 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, key: &st
         .saturating_sub(before.get(key).copied().unwrap_or(0))
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+fn peak_rss_mib(pid: u32) -> Option<f64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -128,7 +137,142 @@ fn peak_rss_mib(pid: u32) -> f64 {
             })
         })
         .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+}
+
+/// What works the jobs off: the service binary, or the reference design.
+enum Runner {
+    Service(Child),
+    Reference(reference::Handle),
+}
+
+impl Runner {
+    fn exited(&mut self) -> bool {
+        match self {
+            Runner::Service(child) => child.try_wait().map(|s| s.is_some()).unwrap_or(true),
+            Runner::Reference(handle) => handle.exited(),
+        }
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        match self {
+            Runner::Service(child) => peak_rss_mib(child.id()),
+            Runner::Reference(_) => None,
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Runner::Service(child) => stop(child),
+            Runner::Reference(handle) => handle.stop(),
+        }
+    }
+}
+
+/// The minimal batched design of the throughput target: a claimer that takes
+/// 500 jobs per transaction straight to `STARTED!`, and four workers that
+/// mark each batch `DONE!` in one statement. No owner, lease, retries or
+/// tasks: the ceiling the service's bookkeeping is measured against.
+mod reference {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    use mysql::prelude::Queryable;
+    use mysql::{Conn, TxOpts};
+
+    const BATCH: usize = 500;
+    const WORKERS: usize = 4;
+
+    pub struct Handle {
+        stop: Arc<AtomicBool>,
+        threads: Vec<JoinHandle<Result<(), String>>>,
+    }
+
+    impl Handle {
+        pub fn exited(&self) -> bool {
+            self.threads.iter().any(|t| t.is_finished())
+        }
+
+        pub fn stop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            for t in self.threads.drain(..) {
+                if let Ok(Err(e)) = t.join() {
+                    eprintln!("bench: reference: {e}");
+                }
+            }
+        }
+    }
+
+    fn ids(batch: &[u64]) -> String {
+        batch
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn claimer(
+        mut conn: Conn,
+        stop: Arc<AtomicBool>,
+        tx: crossbeam_channel::Sender<Vec<u64>>,
+    ) -> Result<(), String> {
+        while !stop.load(Ordering::Relaxed) {
+            let mut t = conn
+                .start_transaction(TxOpts::default())
+                .map_err(|e| e.to_string())?;
+            let batch: Vec<u64> = t
+                .query(format!(
+                    "SELECT id FROM jobs WHERE status IS NULL AND run_at IS NULL \
+                     ORDER BY priority DESC, id LIMIT {BATCH} FOR UPDATE SKIP LOCKED"
+                ))
+                .map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                t.rollback().map_err(|e| e.to_string())?;
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            t.query_drop(format!(
+                "UPDATE jobs SET status = 'STARTED!', queued_at = NOW(6), \
+                 started_at = NOW(6) WHERE id IN ({})",
+                ids(&batch)
+            ))
+            .map_err(|e| e.to_string())?;
+            t.commit().map_err(|e| e.to_string())?;
+            for chunk in batch.chunks(BATCH / WORKERS) {
+                if tx.send(chunk.to_vec()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn worker(mut conn: Conn, rx: crossbeam_channel::Receiver<Vec<u64>>) -> Result<(), String> {
+        for batch in rx {
+            conn.query_drop(format!(
+                "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6) WHERE id IN ({})",
+                ids(&batch)
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn start(url: &str) -> Result<Handle, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded(WORKERS * 2);
+        let mut threads = Vec::new();
+        for _ in 0..WORKERS {
+            let conn = super::connect(url)?;
+            let rx = rx.clone();
+            threads.push(std::thread::spawn(move || worker(conn, rx)));
+        }
+        let conn = super::connect(url)?;
+        let s = stop.clone();
+        threads.push(std::thread::spawn(move || claimer(conn, s, tx)));
+        Ok(Handle { stop, threads })
+    }
 }
 
 fn stop(child: &mut Child) {
@@ -201,16 +345,21 @@ fn run() -> Result<String, String> {
     let mut own_statements = 0u64;
     let before = status(&mut conn)?;
     own_statements += 1;
-    let mut child = Command::new(&args.binary)
-        .arg("run")
-        .env("DATABASE_URL", &db_url)
-        .env("WORKER_NAME", "bench")
-        .envs(&args.env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", args.binary))?;
-    let pid = child.id();
+    let mut runner = if args.reference {
+        Runner::Reference(reference::start(&db_url)?)
+    } else {
+        Runner::Service(
+            Command::new(&args.binary)
+                .arg("run")
+                .env("DATABASE_URL", &db_url)
+                .env("WORKER_NAME", "bench")
+                .envs(&args.env)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", args.binary))?,
+        )
+    };
     let began = Instant::now();
 
     let mut fields: Vec<(String, String)> = Vec::new();
@@ -240,17 +389,17 @@ fn run() -> Result<String, String> {
             if finished as usize >= n {
                 break;
             }
-            if Instant::now() > deadline || child.try_wait().map(|s| s.is_some()).unwrap_or(true) {
-                stop(&mut child);
+            if Instant::now() > deadline || runner.exited() {
+                runner.stop();
                 return Err(format!("only {finished} of {n} jobs finished"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     let after = status(&mut conn)?;
-    let rss = peak_rss_mib(pid);
+    let rss = runner.peak_rss_mib();
     let wall = began.elapsed();
-    stop(&mut child);
+    runner.stop();
 
     if n > 0 {
         let span: Option<(Option<i64>, Option<i64>)> = conn
@@ -303,7 +452,12 @@ fn run() -> Result<String, String> {
         ));
     }
     fields.push(("wall_s".into(), format!("{:.2}", wall.as_secs_f64())));
-    fields.push(("rss_peak_mib".into(), format!("{rss:.1}")));
+    if let Some(rss) = rss {
+        fields.push(("rss_peak_mib".into(), format!("{rss:.1}")));
+    }
+    if args.reference {
+        fields.push(("reference".into(), "true".into()));
+    }
     admin
         .query_drop("DROP DATABASE IF EXISTS bp_bench")
         .map_err(|e| e.to_string())?;
