@@ -25,11 +25,11 @@ pub fn stats_snapshot(conn: &mut Conn) -> DbResult<Snapshot> {
         conn.query("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
     let oldest_waiting: Option<(u64, i64)> = conn.query_first(
         "SELECT id, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) FROM jobs \
-         WHERE status IS NULL ORDER BY id LIMIT 1",
+         WHERE is_new = 1 ORDER BY id LIMIT 1",
     )?;
     let last_minute: Vec<(String, u64)> = conn.query(
-        "SELECT status, COUNT(*) FROM jobs WHERE status IN ('DONE!', 'CANCELLED!', 'FAILED!') \
-         AND finished_at >= NOW(6) - INTERVAL 1 MINUTE GROUP BY status ORDER BY status",
+        "SELECT status, COUNT(*) FROM jobs WHERE final_at >= NOW(6) - INTERVAL 1 MINUTE \
+         GROUP BY status ORDER BY status",
     )?;
     let workers: Vec<(String, i64)> = conn.query(
         "SELECT name, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, NOW(6)) FROM workers ORDER BY name",

@@ -296,7 +296,11 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
             "max_attempts",
             "timeout",
             "deadline_at",
-            "errors"
+            "errors",
+            "is_new",
+            "is_running",
+            "held_by",
+            "final_at"
         ]
     );
     assert_eq!(report.added_indexes.len(), 4);
@@ -304,6 +308,45 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
     assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
     // The old rows are intact and the new one is claimable.
     assert_eq!(db.count_status(DONE), 1);
+    let (tx, rx) = bounded(10);
+    let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
+        .run_once()
+        .unwrap();
+    assert_eq!(claimed.claimed, 1);
+    assert_eq!(rx.recv().unwrap().sleep, Some(1000));
+}
+
+#[test]
+fn migrate_replaces_the_status_indexes_of_the_previous_version() {
+    let db = TestDb::new("upgrade_indexes");
+    // The previous version's indexes, all beginning with status.
+    db.exec(
+        "ALTER TABLE jobs DROP INDEX jobs_new, DROP INDEX jobs_running, DROP INDEX jobs_held_by, \
+         DROP INDEX jobs_final_at, ADD INDEX jobs_claim_due (status, run_at, priority DESC, id), \
+         ADD INDEX jobs_deadline (status, deadline_at, started_at), \
+         ADD INDEX jobs_status_owner (status, owner), \
+         ADD INDEX jobs_status_finished_at (status, finished_at)",
+    );
+    db.exec("INSERT INTO jobs (object_id, sleep) VALUES (10, 1000)");
+    let report = migrate(db.url()).expect("migrate");
+    assert_eq!(
+        report.added_indexes,
+        ["jobs_new", "jobs_running", "jobs_held_by", "jobs_final_at"]
+    );
+    assert_eq!(
+        report.dropped_indexes,
+        [
+            "jobs_claim_due",
+            "jobs_deadline",
+            "jobs_status_owner",
+            "jobs_status_finished_at"
+        ]
+    );
+    let left: u64 = db.scalar(
+        "SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs' AND INDEX_NAME <> 'PRIMARY'",
+    );
+    assert_eq!(left, 4, "only the four current indexes remain");
     let (tx, rx) = bounded(10);
     let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
         .run_once()
