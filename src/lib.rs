@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `publisher-jobs` | claims new rows (`QUEUED!`) into the bounded jobs channel |
 //! | `consumer-jobs-N` | fixed pool behind a token bucket: `STARTED!`, runs the task, `DONE!` |
-//! | `starter` | writes the `STARTED!` of every consumer waiting, in one statement |
+//! | `starter` | writes the `STARTED!` of every consumer waiting (and of those started moments ago, if back within one write's time), in one statement |
 //! | `completer` | writes `DONE!` in batches, every few milliseconds |
 //! | `publisher-canceller` | finds jobs running past `JOB_TIMEOUT` |
 //! | `consumer-canceller-N` | writes `CANCELLED!` and interrupts the task if it runs here |

@@ -242,7 +242,7 @@ impl Service {
                     room_freed: room_tx.clone(),
                     stop_taking: stop_taking_rx.clone(),
                     hard_stop: hard_stop_rx.clone(),
-                    starter: starter.clone(),
+                    starter: starter.for_consumer(i),
                     completer: completer.clone(),
                 };
                 watch.spawn(format!("consumer-jobs-{i}"), move || {
