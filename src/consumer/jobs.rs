@@ -35,6 +35,7 @@ use crate::consumer::{closed, write_until};
 use crate::db::jobs::{Job, job_cancel, job_fail, job_retry, jobs_in_status, status};
 use crate::db::{DbError, PooledConn};
 use crate::metrics::Metrics;
+use crate::publisher::jobs::wake_publisher;
 use crate::service::Shared;
 use crate::task::{JobContext, TaskError};
 
@@ -80,7 +81,9 @@ pub fn run(shared: Arc<Shared>, ch: Channels) {
                 Err(_) => return,
             },
         };
-        let _ = ch.room_freed.try_send(());
+        if wake_publisher(&ch.jobs) {
+            let _ = ch.room_freed.try_send(());
+        }
         if handle(&shared, job, &ch) == Handled::NotStarted {
             return;
         }

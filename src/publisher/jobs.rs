@@ -18,6 +18,20 @@ use crate::metrics::Metrics;
 use crate::publisher::{Trigger, free_room, tick_loop};
 use crate::service::Shared;
 
+/// The free room at which an early claim is worth making: half the
+/// channel, so claims stay batched.
+pub fn refill_room(capacity: usize) -> usize {
+    (capacity / 2).max(1)
+}
+
+/// Whether a consumer that just took a job from `jobs` should wake the
+/// publisher: only once the channel has room for an early claim (or ran
+/// dry), not on every job.
+pub fn wake_publisher<T>(jobs: &Receiver<T>) -> bool {
+    let capacity = jobs.capacity().unwrap_or(1);
+    jobs.is_empty() || capacity.saturating_sub(jobs.len()) >= refill_room(capacity)
+}
+
 /// What one claim did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
@@ -141,7 +155,7 @@ impl JobsPublisher {
     /// Claims on every tick, and early when consumers free room after a
     /// full claim, until `stop` closes.
     pub fn run(self, stop: Receiver<()>, room_freed: Receiver<()>) {
-        let refill_at = (self.tx.capacity().unwrap_or(1) / 2).max(1);
+        let refill_at = refill_room(self.tx.capacity().unwrap_or(1));
         let shared = Arc::clone(&self.shared);
         tick_loop(
             &shared,
