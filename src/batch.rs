@@ -26,9 +26,10 @@
 //! the hard stop. A write whose reply was lost is checked against the rows
 //! before anything is counted as refused.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::consumer::{closed, write_until};
 use crate::db::jobs::{Job, job_fail, job_finish_many, job_start_many, jobs_in_status, status};
@@ -62,7 +63,54 @@ pub const MAX_GATHER: Duration = Duration::from_millis(1);
 pub struct StartRequest {
     job: (u64, u64),
     consumer: usize,
-    reply: Sender<Option<Started>>,
+    reply: Reply,
+}
+
+/// Where the starter puts its answer to one request. The consumer waits on
+/// it with a condition variable, which parks the thread at once: a channel
+/// receive spins and yields first, and with every consumer waiting on every
+/// start that costs CPU the database next to it needs. Dropped unanswered
+/// (the starter is gone), it answers `None`.
+struct Reply(Arc<(Mutex<Option<Option<Started>>>, Condvar)>);
+
+impl Reply {
+    fn new() -> Reply {
+        Reply(Arc::new((Mutex::new(None), Condvar::new())))
+    }
+
+    fn send(&self, answer: Option<Started>) {
+        let (slot, ready) = &*self.0;
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(answer);
+            ready.notify_one();
+        }
+    }
+
+    fn wait(&self) -> Option<Started> {
+        let (slot, ready) = &*self.0;
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(answer) = slot.take() {
+                return answer;
+            }
+            slot = ready.wait(slot).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn handle(&self) -> Reply {
+        Reply(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // The starter's handle going unanswered; the consumer's own handle
+        // is dropped after it took its answer, when this changes nothing.
+        if Arc::strong_count(&self.0) > 1 {
+            self.send(None);
+        }
+    }
 }
 
 /// A consumer's handle on the starter thread.
@@ -92,15 +140,15 @@ impl Starter {
     /// Starts `job` (marks it `STARTED!`, committed) and waits for the
     /// answer; `None`: the service stopped taking jobs first.
     pub fn start(&self, job: &Job) -> Option<Started> {
-        let (reply, answer) = bounded(1);
+        let answer = Reply::new();
         self.tx
             .send(StartRequest {
                 job: (job.id, job.lease),
                 consumer: self.consumer,
-                reply,
+                reply: answer.handle(),
             })
             .ok()?;
-        answer.recv().ok().flatten()
+        answer.wait()
     }
 }
 
@@ -183,7 +231,7 @@ pub fn run_starter(shared: &Shared, rx: Receiver<StartRequest>, stop_taking: Rec
         let batch = gather(&rx, &mut recent, first);
         if closed(&stop_taking) {
             for r in batch {
-                let _ = r.reply.send(None);
+                r.reply.send(None);
             }
             continue;
         }
@@ -255,12 +303,12 @@ fn start_batch(
                 } else {
                     Started::Lost
                 };
-                let _ = r.reply.send(Some(answer));
+                r.reply.send(Some(answer));
             }
         }
         Batch::Stopped => {
             for r in batch {
-                let _ = r.reply.send(None);
+                r.reply.send(None);
             }
         }
         Batch::Refused(_) if batch.len() > 1 => {
@@ -284,7 +332,7 @@ fn start_batch(
                 None => None,
             };
             for r in batch {
-                let _ = r.reply.send(answer.clone());
+                r.reply.send(answer.clone());
             }
         }
     }
@@ -421,17 +469,30 @@ fn write_batch(
 mod tests {
     use super::*;
 
-    fn request(consumer: usize) -> (StartRequest, Receiver<Option<Started>>) {
-        let (reply, answer) = bounded(1);
+    fn request(consumer: usize) -> (StartRequest, Reply) {
+        let answer = Reply::new();
         let job = (consumer as u64 + 1, 1);
         (
             StartRequest {
                 job,
                 consumer,
-                reply,
+                reply: answer.handle(),
             },
             answer,
         )
+    }
+
+    #[test]
+    fn a_reply_carries_the_answer_or_none_when_dropped_unanswered() {
+        let (r, answer) = request(0);
+        let starter = std::thread::spawn(move || r.reply.send(Some(Started::Yes)));
+        assert_eq!(answer.wait(), Some(Started::Yes));
+        starter.join().unwrap();
+
+        let (r, answer) = request(1);
+        let starter = std::thread::spawn(move || drop(r));
+        assert_eq!(answer.wait(), None);
+        starter.join().unwrap();
     }
 
     #[test]
