@@ -174,3 +174,30 @@ impl JobsPublisher {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_wake_the_publisher_once_half_the_channel_is_free() {
+        let (tx, rx) = crossbeam_channel::bounded::<u32>(10);
+        for i in 0..10 {
+            tx.send(i).unwrap();
+        }
+        let mut woke = Vec::new();
+        while rx.try_recv().is_ok() {
+            woke.push(wake_publisher(&rx));
+        }
+        // Taking jobs 1 to 4 leaves less than half free: no wake-up; from
+        // the fifth on, a claim is due (the publisher's own check decides).
+        assert_eq!(
+            woke,
+            [
+                false, false, false, false, true, true, true, true, true, true
+            ]
+        );
+        assert_eq!(refill_room(10), 5);
+        assert_eq!(refill_room(1), 1, "a one-slot channel refills when empty");
+    }
+}
