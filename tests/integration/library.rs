@@ -10,7 +10,8 @@ use background_processing::consumer::canceller::cancel_one;
 use background_processing::db::jobs::{
     CANCEL_OWNED_SQL, CLAIMABLE_SQL, Dead, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL,
     RELEASE_UNOWNED_SQL, Running, claim_scheduled_sql, claim_select_sql, dead_select_sql,
-    find_lost_sql, job_finish, job_release_queued, job_start, prune_sql, rescue_queued_sql,
+    find_lost_sql, job_finish, job_release_queued, job_start, job_start_many, prune_sql,
+    rescue_queued_sql, start_many_sql,
 };
 use background_processing::db::migrate::migrate;
 use background_processing::publisher::canceller::CancellerPublisher;
@@ -210,10 +211,16 @@ fn every_claim_and_scan_query_uses_an_index_range() {
         ),
         (
             "start batch",
-            "UPDATE jobs SET status = 'STARTED!' WHERE id IN (1, 2, 3) AND status = 'QUEUED!' \
-             AND lease = CASE id WHEN 1 THEN 1 WHEN 2 THEN 1 WHEN 3 THEN 1 END"
-                .into(),
-            mysql::Params::Empty,
+            start_many_sql(2),
+            mysql::Params::Positional(vec![
+                10_000u64.into(),
+                1u64.into(),
+                2u64.into(),
+                1u64.into(),
+                1u64.into(),
+                2u64.into(),
+                1u64.into(),
+            ]),
         ),
         (
             "canceller",
@@ -666,4 +673,39 @@ fn rows_scheduled_for_later_are_not_read_by_claims() {
         .unwrap();
     assert_eq!(claimed.claimed, 20);
     assert!(rx.try_iter().all(|j| j.object_id != Some(1)));
+}
+
+#[test]
+fn a_start_batch_starts_exactly_the_jobs_whose_lease_holds() {
+    let db = TestDb::new("start_batch");
+    // Five claimed jobs under lease 1, and a sixth whose claim moved on.
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, status, queued_at, owner, lease) VALUES \
+         (1, 0, 'QUEUED!', NOW(6), 'w', 1), (2, 0, 'QUEUED!', NOW(6), 'w', 1), \
+         (3, 0, 'QUEUED!', NOW(6), 'w', 1), (4, 0, 'QUEUED!', NOW(6), 'w', 1), \
+         (5, 0, 'QUEUED!', NOW(6), 'w', 1), (6, 0, 'QUEUED!', NOW(6), 'w', 2)",
+    );
+    let mut conn = shared(&db, "w", &[]).db.conn().unwrap();
+    // Three jobs (padded to a statement for four), then five plus the lost
+    // one (padded to eight).
+    let started = job_start_many(
+        &mut conn,
+        &[(1, 1), (2, 1), (3, 1)],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(started, 3);
+    let started = job_start_many(
+        &mut conn,
+        &[(1, 1), (4, 1), (5, 1), (6, 1)],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(started, 2, "job 1 was started already, job 6's lease is 2");
+    assert_eq!(db.count_status(STARTED), 5);
+    let attempts: u64 = db.scalar("SELECT SUM(attempts) FROM jobs");
+    assert_eq!(attempts, 5, "each started once");
+    let deadlines: u64 =
+        db.scalar("SELECT COUNT(*) FROM jobs WHERE deadline_at = started_at + INTERVAL 10 SECOND");
+    assert_eq!(deadlines, 5);
 }
