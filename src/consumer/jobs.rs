@@ -74,6 +74,9 @@ pub fn run(shared: Arc<Shared>, ch: Channels) {
         if closed(&ch.stop_taking) {
             return;
         }
+        if ch.jobs.is_empty() {
+            ch.starter.away();
+        }
         let job = select! {
             recv(ch.stop_taking) -> _ => return,
             recv(ch.jobs) -> msg => match msg {
@@ -144,7 +147,11 @@ pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
         Ok(task) => task,
         Err(reason) => return reject(shared, &job, ch, &reason),
     };
-    if !shared.bucket.take(&ch.stop_taking) || closed(&ch.stop_taking) {
+    let token = shared.bucket.try_take().is_ok() || {
+        ch.starter.away();
+        shared.bucket.take(&ch.stop_taking)
+    };
+    if !token || closed(&ch.stop_taking) {
         return Handled::NotStarted;
     }
     // Wait until this job's STARTED! is committed (with whatever other
