@@ -87,6 +87,13 @@ fn parse_args() -> Result<Args, String> {
             },
         }
     }
+    if args.reference && (args.idle.is_some() || args.sleep_ns != 0 || !args.env.is_empty()) {
+        return Err(
+            "--reference runs no-op jobs without the service: it takes neither --idle, \
+             --sleep nor settings"
+                .into(),
+        );
+    }
     Ok(args)
 }
 
@@ -223,8 +230,9 @@ mod reference {
                 .map_err(|e| e.to_string())?;
             let batch: Vec<u64> = t
                 .query(format!(
-                    "SELECT id FROM jobs WHERE status IS NULL AND run_at IS NULL \
-                     ORDER BY priority DESC, id LIMIT {BATCH} FOR UPDATE SKIP LOCKED"
+                    "SELECT id FROM jobs FORCE INDEX (jobs_new) WHERE is_new = 1 \
+                     AND run_at IS NULL ORDER BY priority DESC, id \
+                     LIMIT {BATCH} FOR UPDATE SKIP LOCKED"
                 ))
                 .map_err(|e| e.to_string())?;
             if batch.is_empty() {
