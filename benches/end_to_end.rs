@@ -49,7 +49,7 @@ fn run_once(server: &str, jobs: usize) -> Duration {
     connect(server)
         .query_drop("DROP DATABASE IF EXISTS bp_bench_e2e")
         .expect("drop");
-    migrate(&url).expect("migrate");
+    migrate(&url, false).expect("migrate");
     let mut conn = connect(&url);
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(5000) {
         let values = vec!["(1, 0)"; chunk.len()].join(",");

@@ -456,8 +456,10 @@ enum Batch {
 /// Errors the server answers with that a retry can cure.
 fn transient(e: &DbError) -> bool {
     match e {
-        // Lock wait timeout, deadlock.
-        DbError::Mysql(mysql::Error::MySqlError(m)) => matches!(m.code, 1205 | 1213),
+        // Lock wait timeout, deadlock, and the server's limit on prepared
+        // statements (1461: other clients hold them all; the start batch is
+        // prepared), which says nothing about the rows.
+        DbError::Mysql(mysql::Error::MySqlError(m)) => matches!(m.code, 1205 | 1213 | 1461),
         other => !other.is_server_error(),
     }
 }

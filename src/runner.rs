@@ -46,7 +46,10 @@ const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
     Run,
-    Migrate,
+    /// With `--drop-replaced`: also drop the indexes this version replaced.
+    Migrate {
+        drop_replaced: bool,
+    },
     Demo,
     Stats,
 }
@@ -58,7 +61,11 @@ fn usage() -> String {
          Usage: background-processing [COMMAND]\n\n\
          Commands:\n  \
            run      run the service (the default)\n  \
-           migrate  create or upgrade the jobs and workers tables (schema.sql, embedded)\n  \
+           migrate  create or upgrade the jobs and workers tables (schema.sql, embedded);\n           \
+                    keeps the indexes this version replaced, for replicas of the\n           \
+                    previous version still running\n  \
+           migrate --drop-replaced\n           \
+                    the same, and drops those indexes (once every replica runs this version)\n  \
            demo     run the service, insert the original demo's jobs and print the table\n  \
            stats    print counts by status, the oldest waiting job and recent throughput\n\n\
          Options:\n  \
@@ -84,7 +91,9 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
         [] => Ok(Some(Command::Run)),
         [one] => match one.as_str() {
             "run" => Ok(Some(Command::Run)),
-            "migrate" => Ok(Some(Command::Migrate)),
+            "migrate" => Ok(Some(Command::Migrate {
+                drop_replaced: false,
+            })),
             "demo" => Ok(Some(Command::Demo)),
             "stats" => Ok(Some(Command::Stats)),
             "-h" | "--help" | "help" => {
@@ -97,6 +106,11 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
             }
             other => Err(format!("unknown command or option {other:?}")),
         },
+        [migrate, flag] if migrate == "migrate" && flag == "--drop-replaced" => {
+            Ok(Some(Command::Migrate {
+                drop_replaced: true,
+            }))
+        }
         _ => Err(format!(
             "expected at most one command, got {:?}",
             args.join(" ")
@@ -180,7 +194,7 @@ fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
     let result = match command {
         Command::Run => run(config, tasks, false),
         Command::Demo => run(config, tasks, true),
-        Command::Migrate => run_migrate(&config).map(|_| ()),
+        Command::Migrate { drop_replaced } => run_migrate(&config, drop_replaced).map(|_| ()),
         Command::Stats => stats(&config),
     };
     match result {
@@ -193,13 +207,21 @@ fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
 }
 
 /// Applies the schema, waiting up to `DB_CONNECT_TIMEOUT` for the server.
-fn run_migrate(config: &Config) -> anyhow::Result<MigrateReport> {
+fn run_migrate(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport> {
     let deadline = Instant::now() + config.db_connect_timeout;
     let url = config.redacted_url();
     loop {
-        match migrate(&config.database_url) {
+        match migrate(&config.database_url, drop_replaced) {
             Ok(report) => {
                 log::info!("schema applied to {url}: {report:?}");
+                if !report.kept_replaced.is_empty() {
+                    log::warn!(
+                        "kept the indexes this version replaced ({}) for replicas of the \
+                         previous version; once every replica runs this version, run \
+                         `background-processing migrate --drop-replaced`",
+                        report.kept_replaced.join(", ")
+                    );
+                }
                 return Ok(report);
             }
             // A server that answered with an error will not change its mind.
@@ -226,7 +248,7 @@ fn run(config: Config, tasks: Tasks, with_demo: bool) -> anyhow::Result<()> {
     log::info!("background-processing {VERSION} starting: {config:?}");
     let stop = shutdown::install().context("installing the SIGTERM/SIGINT handler")?;
     if with_demo {
-        run_migrate(&config)?;
+        run_migrate(&config, false)?;
     }
     let demo_db = Db::new(&config.database_url, 2)?;
     let demo_rows = demo::rows_to_show(&config);
@@ -308,7 +330,19 @@ mod tests {
     fn commands_parse() {
         let p = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(p(&[]), Ok(Some(Command::Run)));
-        assert_eq!(p(&["migrate"]), Ok(Some(Command::Migrate)));
+        assert_eq!(
+            p(&["migrate"]),
+            Ok(Some(Command::Migrate {
+                drop_replaced: false
+            }))
+        );
+        assert_eq!(
+            p(&["migrate", "--drop-replaced"]),
+            Ok(Some(Command::Migrate {
+                drop_replaced: true
+            }))
+        );
+        assert!(p(&["migrate", "--drop"]).is_err());
         assert_eq!(p(&["demo"]), Ok(Some(Command::Demo)));
         assert_eq!(p(&["stats"]), Ok(Some(Command::Stats)));
         assert!(p(&["frobnicate"]).is_err());

@@ -197,6 +197,15 @@ impl Service {
         {
             let mut conn = shared.db.conn().map_err(db_err)?;
             crate::db::migrate::check(&mut conn).map_err(db_err)?;
+            let replaced = crate::db::migrate::replaced_indexes_left(&mut conn).map_err(db_err)?;
+            if !replaced.is_empty() {
+                log::warn!(
+                    "jobs still has the indexes this version replaced ({}), which slow every \
+                     write: once every replica runs this version, run \
+                     `background-processing migrate --drop-replaced`",
+                    replaced.join(", ")
+                );
+            }
         }
         let heartbeat = Heartbeat::new(Arc::clone(&shared));
         heartbeat.register_at_start().map_err(db_err)?;

@@ -3,6 +3,12 @@
 //! adding the columns and indexes it lacks. Safe to run any number of times,
 //! on MySQL 8 and MariaDB alike (neither `ADD COLUMN IF NOT EXISTS` nor
 //! `CREATE INDEX IF NOT EXISTS` is portable, so the checks are made here).
+//!
+//! Indexes go in two steps, so a rolling update never leaves a running
+//! replica without the indexes its queries use: `migrate` adds this
+//! version's indexes and keeps the ones it replaced (the previous version's
+//! replicas still claim through them); `migrate --drop-replaced`, once every
+//! replica runs this version, drops them (each index costs every write).
 
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
@@ -49,13 +55,14 @@ const INDEXES: &[(&str, &str)] = &[
     ("jobs_final_at", "final_at"),
 ];
 
-/// Indexes of earlier versions that newer ones replace: dropped, since every
-/// index costs every write. The last four began with `status`, so every
-/// transition moved an entry in each of them.
-const OBSOLETE_INDEXES: &[&str] = &[
-    "jobs_status_id",
-    "jobs_status_started_at",
-    "jobs_claim",
+/// Indexes of versions before the previous one: no running replica can use
+/// them (the previous version's `migrate` dropped them), so they go at once.
+const OBSOLETE_INDEXES: &[&str] = &["jobs_status_id", "jobs_status_started_at", "jobs_claim"];
+
+/// The previous version's indexes, which this version's replace. They began
+/// with `status`, so every transition moved an entry in each of them; kept
+/// until `migrate --drop-replaced`.
+pub const REPLACED_INDEXES: &[&str] = &[
     "jobs_claim_due",
     "jobs_deadline",
     "jobs_status_owner",
@@ -81,8 +88,9 @@ pub fn schema_statements() -> Vec<String> {
 }
 
 /// Creates the database named in `url` if it does not exist yet (needs the
-/// privilege to; skipped when it exists), then applies the schema.
-pub fn migrate(url: &str) -> DbResult<MigrateReport> {
+/// privilege to; skipped when it exists), then applies the schema; with
+/// `drop_replaced`, also drops the indexes this version replaced.
+pub fn migrate(url: &str, drop_replaced: bool) -> DbResult<MigrateReport> {
     let opts = super::opts_from_url(url)?;
     let target: Opts = opts.clone().into();
     let db_name = target
@@ -105,7 +113,7 @@ pub fn migrate(url: &str) -> DbResult<MigrateReport> {
         }
         Err(e) => return Err(e.into()),
     };
-    apply(&mut conn, &mut report)?;
+    apply(&mut conn, &mut report, drop_replaced)?;
     Ok(report)
 }
 
@@ -120,10 +128,13 @@ pub struct MigrateReport {
     pub added_indexes: Vec<String>,
     /// Indexes of earlier versions dropped.
     pub dropped_indexes: Vec<String>,
+    /// Indexes this version replaced, still there (see [`REPLACED_INDEXES`]).
+    pub kept_replaced: Vec<String>,
 }
 
-/// Applies the schema on an open connection.
-pub fn apply(conn: &mut Conn, report: &mut MigrateReport) -> DbResult<()> {
+/// Applies the schema on an open connection; with `drop_replaced`, drops
+/// the indexes this version replaced too.
+pub fn apply(conn: &mut Conn, report: &mut MigrateReport, drop_replaced: bool) -> DbResult<()> {
     for statement in schema_statements() {
         conn.query_drop(statement)?;
     }
@@ -139,10 +150,7 @@ pub fn apply(conn: &mut Conn, report: &mut MigrateReport) -> DbResult<()> {
             report.added_columns.push(name.to_string());
         }
     }
-    let indexes: Vec<String> = conn.query(
-        "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
-    )?;
+    let indexes = index_names(conn)?;
     for (name, cols) in INDEXES {
         if !indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
             tolerate_race(
@@ -157,7 +165,36 @@ pub fn apply(conn: &mut Conn, report: &mut MigrateReport) -> DbResult<()> {
             report.dropped_indexes.push(name.to_string());
         }
     }
+    for name in REPLACED_INDEXES {
+        if indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+            if drop_replaced {
+                tolerate_race(conn.query_drop(format!("ALTER TABLE jobs DROP INDEX `{name}`")))?;
+                report.dropped_indexes.push(name.to_string());
+            } else {
+                report.kept_replaced.push(name.to_string());
+            }
+        }
+    }
     Ok(())
+}
+
+/// The indexes of `jobs`.
+fn index_names(conn: &mut Conn) -> DbResult<Vec<String>> {
+    Ok(conn.query(
+        "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
+    )?)
+}
+
+/// The indexes this version replaced that are still on `jobs` (`run` warns
+/// about them: they slow every write).
+pub fn replaced_indexes_left(conn: &mut Conn) -> DbResult<Vec<String>> {
+    let indexes = index_names(conn)?;
+    Ok(REPLACED_INDEXES
+        .iter()
+        .filter(|r| indexes.iter().any(|i| i.eq_ignore_ascii_case(r)))
+        .map(|r| r.to_string())
+        .collect())
 }
 
 /// Several replicas may migrate at once (an init container per pod): if
@@ -188,14 +225,27 @@ pub fn check(conn: &mut Conn) -> DbResult<()> {
         .iter()
         .map(|(c, _)| *c)
         .find(|c| !columns.iter().any(|x| x.eq_ignore_ascii_case(c)));
-    match (missing_table, missing_column) {
-        (Some(t), _) => Err(DbError::Schema(format!(
+    if let Some(t) = missing_table {
+        return Err(DbError::Schema(format!(
             "table `{t}` is missing: run `background-processing migrate` first"
-        ))),
-        (None, Some(c)) => Err(DbError::Schema(format!(
+        )));
+    }
+    if let Some(c) = missing_column {
+        return Err(DbError::Schema(format!(
             "column jobs.{c} is missing: run `background-processing migrate` to upgrade the table"
+        )));
+    }
+    // The claim names its index: without it every claim would fail.
+    let indexes = index_names(conn)?;
+    match INDEXES
+        .iter()
+        .map(|(i, _)| *i)
+        .find(|i| !indexes.iter().any(|x| x.eq_ignore_ascii_case(i)))
+    {
+        Some(i) => Err(DbError::Schema(format!(
+            "index jobs.{i} is missing: run `background-processing migrate` to upgrade the table"
         ))),
-        (None, None) => Ok(()),
+        None => Ok(()),
     }
 }
 

@@ -288,7 +288,7 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
     db.exec(
         "INSERT INTO jobs (object_id, sleep, status) VALUES (10, 1, 'DONE!'), (10, 1000, NULL)",
     );
-    let report = migrate(db.url()).expect("migrate");
+    let report = migrate(db.url(), false).expect("migrate");
     assert_eq!(
         report.added_columns,
         [
@@ -311,7 +311,7 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
         ]
     );
     assert_eq!(report.added_indexes.len(), 4);
-    let again = migrate(db.url()).expect("migrate twice");
+    let again = migrate(db.url(), false).expect("migrate twice");
     assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
     // The old rows are intact and the new one is claimable.
     assert_eq!(db.count_status(DONE), 1);
@@ -324,7 +324,7 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
 }
 
 #[test]
-fn migrate_replaces_the_status_indexes_of_the_previous_version() {
+fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     let db = TestDb::new("upgrade_indexes");
     // The previous version's indexes, all beginning with status.
     db.exec(
@@ -334,32 +334,57 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version() {
          ADD INDEX jobs_status_owner (status, owner), \
          ADD INDEX jobs_status_finished_at (status, finished_at)",
     );
+    let previous = [
+        "jobs_claim_due",
+        "jobs_deadline",
+        "jobs_status_owner",
+        "jobs_status_finished_at",
+    ];
     db.exec("INSERT INTO jobs (object_id, sleep) VALUES (10, 1000)");
-    let report = migrate(db.url()).expect("migrate");
+    let indexes = || -> u64 {
+        db.scalar(
+            "SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs' AND INDEX_NAME <> 'PRIMARY'",
+        )
+    };
+
+    // During a rolling update: this version's indexes are added, the
+    // previous version's stay for its replicas.
+    let report = migrate(db.url(), false).expect("migrate");
     assert_eq!(
         report.added_indexes,
         ["jobs_new", "jobs_running", "jobs_held_by", "jobs_final_at"]
     );
-    assert_eq!(
-        report.dropped_indexes,
-        [
-            "jobs_claim_due",
-            "jobs_deadline",
-            "jobs_status_owner",
-            "jobs_status_finished_at"
-        ]
-    );
-    let left: u64 = db.scalar(
-        "SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs' AND INDEX_NAME <> 'PRIMARY'",
-    );
-    assert_eq!(left, 4, "only the four current indexes remain");
+    assert!(report.dropped_indexes.is_empty());
+    assert_eq!(report.kept_replaced, previous);
+    assert_eq!(indexes(), 8);
     let (tx, rx) = bounded(10);
     let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
         .run_once()
         .unwrap();
     assert_eq!(claimed.claimed, 1);
     assert_eq!(rx.recv().unwrap().sleep, Some(1000));
+
+    // Once every replica runs this version.
+    let report = migrate(db.url(), true).expect("migrate --drop-replaced");
+    assert!(report.added_indexes.is_empty());
+    assert_eq!(report.dropped_indexes, previous);
+    assert!(report.kept_replaced.is_empty());
+    assert_eq!(indexes(), 4, "only the four current indexes remain");
+}
+
+#[test]
+fn the_service_refuses_to_start_without_the_index_its_claim_names() {
+    let db = TestDb::new("missing_index");
+    db.exec("ALTER TABLE jobs DROP INDEX jobs_new");
+    let err = match Service::start(config(&db, "w", &[]), Tasks::with_sleep()) {
+        Ok(_) => panic!("started without jobs_new"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("index jobs.jobs_new is missing") && err.contains("migrate"),
+        "{err}"
+    );
 }
 
 #[test]
