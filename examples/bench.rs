@@ -2,7 +2,7 @@
 //! a fresh database with N jobs waiting, and prints one JSON line of figures.
 //!
 //! ```text
-//! bench [--jobs N] [--sleep NS] [--idle SECONDS] [--reference] [--binary PATH] [KEY=VALUE ...]
+//! bench [--jobs N] [--sleep NS] [--idle SECONDS] [--reference KIND] [--binary PATH] [KEY=VALUE ...]
 //! ```
 //!
 //! `KEY=VALUE` pairs are the service's environment (e.g. `RATE_LIMIT=0`);
@@ -19,12 +19,16 @@
 //! - `queue_to_start_ms_p50` / `_p99`: `started_at - queued_at`;
 //! - `rss_peak_mib`: the service's peak resident memory (`VmHWM`);
 //! - with `--idle S`: no jobs, and `idle_statements_per_s` over S seconds;
-//! - with `--reference`: instead of the service, the minimal batched design
-//!   the throughput target is set against (one claimer taking 500 jobs per
-//!   transaction straight to `STARTED!`, four workers marking them `DONE!`
-//!   with one `UPDATE ... WHERE id IN (...)` per batch, no owner, lease or
-//!   task), on the same table and server: the machine's ceiling, so the
-//!   service's figure can be read as a fraction of it.
+//! - with `--reference KIND`: instead of the service, one of the reference
+//!   designs the throughput target is set against, on the same table and
+//!   server, so the service's figure can be read against the machine:
+//!   `batched` (one claimer taking 500 jobs per transaction straight to
+//!   `STARTED!`, four workers marking them `DONE!` with one `UPDATE ...
+//!   WHERE id IN (...)` per batch, no owner, lease or task: the ceiling),
+//!   `naive` (four threads, each claiming one job per transaction, then
+//!   committing `STARTED!` and `DONE!` one by one) and `commits` (four
+//!   threads of single-row autocommit updates, one per job: the server's
+//!   commit rate).
 //!
 //! Counters are server-wide: run it on a server nothing else is using.
 
@@ -39,7 +43,7 @@ struct Args {
     jobs: usize,
     sleep_ns: i64,
     idle: Option<u64>,
-    reference: bool,
+    reference: Option<reference::Kind>,
     binary: String,
     env: BTreeMap<String, String>,
 }
@@ -49,7 +53,7 @@ fn parse_args() -> Result<Args, String> {
         jobs: 20_000,
         sleep_ns: 0,
         idle: None,
-        reference: false,
+        reference: None,
         binary: "target/release/background-processing".into(),
         env: BTreeMap::new(),
     };
@@ -74,10 +78,10 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--idle: {e}"))?,
                 )
             }
-            "--reference" => args.reference = true,
+            "--reference" => args.reference = Some(value("--reference")?.parse()?),
             "--binary" => args.binary = value("--binary")?,
             "-h" | "--help" => {
-                return Err("usage: bench [--jobs N] [--sleep NS] [--idle SECONDS] [--reference] [--binary PATH] [KEY=VALUE ...]".into());
+                return Err("usage: bench [--jobs N] [--sleep NS] [--idle SECONDS] [--reference batched|naive|commits] [--binary PATH] [KEY=VALUE ...]".into());
             }
             kv => match kv.split_once('=') {
                 Some((k, v)) => {
@@ -87,7 +91,9 @@ fn parse_args() -> Result<Args, String> {
             },
         }
     }
-    if args.reference && (args.idle.is_some() || args.sleep_ns != 0 || !args.env.is_empty()) {
+    if args.reference.is_some()
+        && (args.idle.is_some() || args.sleep_ns != 0 || !args.env.is_empty())
+    {
         return Err(
             "--reference runs no-op jobs without the service: it takes neither --idle, \
              --sleep nor settings"
@@ -175,10 +181,8 @@ impl Runner {
     }
 }
 
-/// The minimal batched design of the throughput target: a claimer that takes
-/// 500 jobs per transaction straight to `STARTED!`, and four workers that
-/// mark each batch `DONE!` in one statement. No owner, lease, retries or
-/// tasks: the ceiling the service's bookkeeping is measured against.
+/// The reference designs of the throughput target (see the module docs):
+/// no owner, lease, retries or tasks.
 mod reference {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,22 +195,74 @@ mod reference {
     const BATCH: usize = 500;
     const WORKERS: usize = 4;
 
+    /// Which reference design runs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        Batched,
+        Naive,
+        Commits,
+    }
+
+    impl std::str::FromStr for Kind {
+        type Err = String;
+
+        fn from_str(s: &str) -> Result<Kind, String> {
+            match s {
+                "batched" => Ok(Kind::Batched),
+                "naive" => Ok(Kind::Naive),
+                "commits" => Ok(Kind::Commits),
+                other => Err(format!(
+                    "--reference {other:?}: expected batched, naive or commits"
+                )),
+            }
+        }
+    }
+
+    impl Kind {
+        pub fn name(self) -> &'static str {
+            match self {
+                Kind::Batched => "batched",
+                Kind::Naive => "naive",
+                Kind::Commits => "commits",
+            }
+        }
+    }
+
+    type Thread = JoinHandle<Result<(), String>>;
+
     pub struct Handle {
         stop: Arc<AtomicBool>,
-        threads: Vec<JoinHandle<Result<(), String>>>,
+        /// Threads that run until stopped.
+        threads: Vec<Thread>,
+        /// Threads that end when their share of the jobs is done.
+        finite: Vec<Thread>,
+    }
+
+    fn report(thread: Thread) -> bool {
+        match thread.join() {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                eprintln!("bench: reference: {e}");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     impl Handle {
-        pub fn exited(&self) -> bool {
-            self.threads.iter().any(|t| t.is_finished())
+        /// Whether a thread ended too early (or failed).
+        pub fn exited(&mut self) -> bool {
+            let (done, running): (Vec<Thread>, Vec<Thread>) =
+                self.finite.drain(..).partition(|t| t.is_finished());
+            self.finite = running;
+            let failed = done.into_iter().map(report).any(|ok| !ok);
+            failed || self.threads.iter().any(|t| t.is_finished())
         }
 
         pub fn stop(&mut self) {
             self.stop.store(true, Ordering::Relaxed);
-            for t in self.threads.drain(..) {
-                if let Ok(Err(e)) = t.join() {
-                    eprintln!("bench: reference: {e}");
-                }
+            for t in self.threads.drain(..).chain(self.finite.drain(..)) {
+                report(t);
             }
         }
     }
@@ -267,19 +323,120 @@ mod reference {
         Ok(())
     }
 
-    pub fn start(url: &str) -> Result<Handle, String> {
+    /// A connection in `READ COMMITTED`, as the service's sessions are (in
+    /// `REPEATABLE READ`, one-row claims deadlock on gap locks).
+    fn connect(url: &str) -> Result<Conn, String> {
+        let mut conn = super::connect(url)?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    /// One thread of the naive design: claims one job per transaction, then
+    /// commits its `STARTED!` and its `DONE!` one by one.
+    fn naive(mut conn: Conn, stop: Arc<AtomicBool>) -> Result<(), String> {
+        while !stop.load(Ordering::Relaxed) {
+            match naive_job(&mut conn) {
+                Ok(true) => {}
+                Ok(false) => std::thread::sleep(Duration::from_millis(10)),
+                // A deadlock or lock wait: the claim is rolled back, try again.
+                Err(mysql::Error::MySqlError(e)) if matches!(e.code, 1205 | 1213) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// One job through the naive design; `false` if none was waiting.
+    fn naive_job(conn: &mut Conn) -> Result<bool, mysql::Error> {
+        let mut t = conn.start_transaction(TxOpts::default())?;
+        let id: Option<u64> = t.query_first(
+            "SELECT id FROM jobs FORCE INDEX (jobs_new) WHERE is_new = 1 \
+             AND run_at IS NULL ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )?;
+        let Some(id) = id else {
+            t.rollback()?;
+            return Ok(false);
+        };
+        t.query_drop(format!(
+            "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6) WHERE id = {id}"
+        ))?;
+        t.commit()?;
+        for write in [
+            "status = 'STARTED!', started_at = NOW(6)",
+            "status = 'DONE!', finished_at = NOW(6)",
+        ] {
+            conn.query_drop(format!("UPDATE jobs SET {write} WHERE id = {id}"))?;
+        }
+        Ok(true)
+    }
+
+    /// One thread of single-row autocommit updates: job `first`, then every
+    /// `step`-th one, each finished by one commit.
+    fn commits(mut conn: Conn, first: u64, step: u64, last: u64) -> Result<(), String> {
+        let mut id = first;
+        while id <= last {
+            conn.query_drop(format!(
+                "UPDATE jobs SET status = 'DONE!', queued_at = NOW(6), started_at = NOW(6), \
+                 finished_at = NOW(6) WHERE id = {id}"
+            ))
+            .map_err(|e| e.to_string())?;
+            id += step;
+        }
+        Ok(())
+    }
+
+    pub fn start(url: &str, kind: Kind) -> Result<Handle, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded(WORKERS * 2);
         let mut threads = Vec::new();
+        match kind {
+            Kind::Batched => {}
+            Kind::Naive => {
+                for _ in 0..WORKERS {
+                    let (conn, s) = (connect(url)?, stop.clone());
+                    threads.push(std::thread::spawn(move || naive(conn, s)));
+                }
+                return Ok(Handle {
+                    stop,
+                    threads,
+                    finite: Vec::new(),
+                });
+            }
+            Kind::Commits => {
+                let mut conn = super::connect(url)?;
+                let (first, last): (Option<u64>, Option<u64>) = conn
+                    .query_first("SELECT MIN(id), MAX(id) FROM jobs")
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
+                let (first, last) = (first.unwrap_or(1), last.unwrap_or(0));
+                for t in 0..WORKERS as u64 {
+                    let conn = connect(url)?;
+                    threads.push(std::thread::spawn(move || {
+                        commits(conn, first + t, WORKERS as u64, last)
+                    }));
+                }
+                // These threads end when their share is done.
+                return Ok(Handle {
+                    stop,
+                    threads: Vec::new(),
+                    finite: threads,
+                });
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded(WORKERS * 2);
         for _ in 0..WORKERS {
-            let conn = super::connect(url)?;
+            let conn = connect(url)?;
             let rx = rx.clone();
             threads.push(std::thread::spawn(move || worker(conn, rx)));
         }
-        let conn = super::connect(url)?;
+        let conn = connect(url)?;
         let s = stop.clone();
         threads.push(std::thread::spawn(move || claimer(conn, s, tx)));
-        Ok(Handle { stop, threads })
+        Ok(Handle {
+            stop,
+            threads,
+            finite: Vec::new(),
+        })
     }
 }
 
@@ -353,8 +510,8 @@ fn run() -> Result<String, String> {
     let mut own_statements = 0u64;
     let before = status(&mut conn)?;
     own_statements += 1;
-    let mut runner = if args.reference {
-        Runner::Reference(reference::start(&db_url)?)
+    let mut runner = if let Some(kind) = args.reference {
+        Runner::Reference(reference::start(&db_url, kind)?)
     } else {
         Runner::Service(
             Command::new(&args.binary)
@@ -482,8 +639,8 @@ fn run() -> Result<String, String> {
     if let Some(rss) = rss {
         fields.push(("rss_peak_mib".into(), format!("{rss:.1}")));
     }
-    if args.reference {
-        fields.push(("reference".into(), "true".into()));
+    if let Some(kind) = args.reference {
+        fields.push(("reference".into(), format!("\"{}\"", kind.name())));
     }
     admin
         .query_drop("DROP DATABASE IF EXISTS bp_bench")
