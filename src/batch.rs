@@ -556,15 +556,21 @@ mod tests {
         assert_eq!(recent.expect_until(now), None);
     }
 
-    #[test]
-    fn a_batch_waits_for_a_consumer_started_moments_ago() {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    /// Consumer 1 answered just now, with a window so generous that a test
+    /// ends only by consumer 1 coming back or saying it is away.
+    fn expecting_consumer_1() -> Recent {
         let mut recent = Recent {
-            // Generous: the test ends as soon as consumer 1 is back.
             window: Duration::from_secs(60),
             ..Recent::default()
         };
         recent.answered(1, Instant::now());
+        recent
+    }
+
+    #[test]
+    fn a_batch_waits_for_a_consumer_started_moments_ago() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut recent = expecting_consumer_1();
         let (first, _a0) = request(0);
         let back = std::thread::spawn(move || {
             let (r, answer) = request(1);
@@ -581,12 +587,7 @@ mod tests {
     #[test]
     fn a_batch_stops_waiting_for_a_consumer_that_is_away() {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut recent = Recent {
-            // Generous: the test ends as soon as consumer 1 says it is away.
-            window: Duration::from_secs(60),
-            ..Recent::default()
-        };
-        recent.answered(1, Instant::now());
+        let mut recent = expecting_consumer_1();
         let (first, _a0) = request(0);
         let away = std::thread::spawn(move || tx.send(ToStarter::Away(1)).unwrap());
         let batch = gather(&rx, &mut recent, first);

@@ -276,6 +276,16 @@ fn every_claim_and_scan_query_uses_an_index_range() {
     }
 }
 
+/// A publisher claims exactly one job, the one new row (sleep 1000).
+fn claims_the_one_new_job(db: &TestDb) {
+    let (tx, rx) = bounded(10);
+    let claimed = JobsPublisher::new(shared(db, "w", &[]), tx)
+        .run_once()
+        .unwrap();
+    assert_eq!(claimed.claimed, 1);
+    assert_eq!(rx.recv().unwrap().sleep, Some(1000));
+}
+
 #[test]
 fn migrate_upgrades_a_table_made_by_the_original_service() {
     let db = TestDb::empty("upgrade");
@@ -315,12 +325,7 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
     assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
     // The old rows are intact and the new one is claimable.
     assert_eq!(db.count_status(DONE), 1);
-    let (tx, rx) = bounded(10);
-    let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
-        .run_once()
-        .unwrap();
-    assert_eq!(claimed.claimed, 1);
-    assert_eq!(rx.recv().unwrap().sleep, Some(1000));
+    claims_the_one_new_job(&db);
 }
 
 #[test]
@@ -358,12 +363,7 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     assert!(report.dropped_indexes.is_empty());
     assert_eq!(report.kept_replaced, previous);
     assert_eq!(indexes(), 8);
-    let (tx, rx) = bounded(10);
-    let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
-        .run_once()
-        .unwrap();
-    assert_eq!(claimed.claimed, 1);
-    assert_eq!(rx.recv().unwrap().sleep, Some(1000));
+    claims_the_one_new_job(&db);
 
     // Once every replica runs this version.
     let report = migrate(db.url(), true).expect("migrate --drop-replaced");
