@@ -14,6 +14,18 @@ fn context(db: &TestDb, svc: &Service) -> String {
     format!("--- jobs:\n{}\n{}", db.dump(), svc.logs())
 }
 
+/// Waits up to `deadline` for `cond`; on timeout the failure shows the jobs
+/// and the service's logs.
+fn wait_or_dump(
+    db: &TestDb,
+    svc: &Service,
+    deadline: Duration,
+    what: &str,
+    cond: impl FnMut() -> bool,
+) {
+    wait_until_or(deadline, what, cond, || context(db, svc));
+}
+
 // ---------------------------------------------------------------------------
 // migrate
 // ---------------------------------------------------------------------------
@@ -86,12 +98,9 @@ fn classic_table_done_and_cancelled() {
     ]);
     let svc = Service::run(&db, &[("JOB_TIMEOUT", "2s")]);
 
-    wait_until_or(
-        secs(30),
-        "all three jobs final",
-        || all_final(&db),
-        || context(&db, &svc),
-    );
+    wait_or_dump(&db, &svc, secs(30), "all three jobs final", || {
+        all_final(&db)
+    });
 
     let jobs = db.jobs();
     let table = render_jobs(&jobs);
@@ -154,12 +163,9 @@ fn stuck_jobs_do_not_exhaust_two_consumers() {
         ],
     );
 
-    wait_until_or(
-        secs(60),
-        "all sixteen jobs final",
-        || all_final(&db),
-        || context(&db, &svc),
-    );
+    wait_or_dump(&db, &svc, secs(60), "all sixteen jobs final", || {
+        all_final(&db)
+    });
 
     let table = db.dump();
     for (i, id) in ids.iter().enumerate() {
@@ -183,12 +189,9 @@ fn rate_limit_holds(name: &str, rate: u32, jobs: usize) {
         &[("RATE_LIMIT", &rate.to_string()), ("JOB_CONSUMERS", "8")],
     );
 
-    wait_until_or(
-        secs(60),
-        &format!("{jobs} jobs DONE!"),
-        || db.count_status(DONE) == jobs as u64,
-        || context(&db, &svc),
-    );
+    wait_or_dump(&db, &svc, secs(60), &format!("{jobs} jobs DONE!"), || {
+        db.count_status(DONE) == jobs as u64
+    });
 
     let (count, span_us): (u64, i64) = db
         .conn()
@@ -250,11 +253,12 @@ fn sigterm_drains_running_and_puts_waiting_back() {
         ],
     );
 
-    wait_until_or(
+    wait_or_dump(
+        &db,
+        &svc,
         secs(20),
         "two jobs STARTED! and some QUEUED!",
         || db.count_status(STARTED) == 2 && db.count_status(QUEUED) >= 1,
-        || context(&db, &svc),
     );
     let running = ids_in(&db, STARTED);
     assert_eq!(running.len(), 2);
@@ -315,12 +319,9 @@ fn sigterm_past_shutdown_timeout_cancels_running_job() {
         &[("JOB_TIMEOUT", "60s"), ("SHUTDOWN_TIMEOUT", "500ms")],
     );
 
-    wait_until_or(
-        secs(20),
-        "stuck job STARTED!",
-        || db.job(id).status() == STARTED,
-        || context(&db, &svc),
-    );
+    wait_or_dump(&db, &svc, secs(20), "stuck job STARTED!", || {
+        db.job(id).status() == STARTED
+    });
     let signalled = Instant::now();
     svc.sigterm();
     let status = svc.wait_exit(secs(10));
@@ -366,11 +367,12 @@ fn sigint_works_like_sigterm() {
             ("SHUTDOWN_TIMEOUT", "20s"),
         ],
     );
-    wait_until_or(
+    wait_or_dump(
+        &db,
+        &svc,
         secs(20),
         "one job STARTED! and one QUEUED!",
         || db.count_status(STARTED) == 1 && db.count_status(QUEUED) == 1,
-        || context(&db, &svc),
     );
     let running = ids_in(&db, STARTED)[0];
     svc.sigint();
@@ -408,19 +410,21 @@ fn second_signal_exits_at_once() {
             ("SHUTDOWN_TIMEOUT", "30s"),
         ],
     );
-    wait_until_or(
+    wait_or_dump(
+        &db,
+        &svc,
         secs(20),
         "one job STARTED! and two QUEUED!",
         || db.count_status(STARTED) == 1 && db.count_status(QUEUED) == 2,
-        || context(&db, &svc),
     );
     svc.sigterm();
     // The waiting jobs going back shows the first signal was handled.
-    wait_until_or(
+    wait_or_dump(
+        &db,
+        &svc,
         secs(5),
         "QUEUED! jobs put back after SIGTERM",
         || db.count_status(QUEUED) == 0,
-        || context(&db, &svc),
     );
     assert!(
         svc.is_running(),
@@ -457,28 +461,23 @@ fn crashed_replica_loses_nothing() {
     ];
     let stuck = db.insert_job(Some(8), None);
     let mut a = Service::run(&db, &overrides);
-    wait_until_or(
-        secs(20),
-        "stuck job STARTED!",
-        || db.job(stuck).status() == STARTED,
-        || context(&db, &a),
-    );
+    wait_or_dump(&db, &a, secs(20), "stuck job STARTED!", || {
+        db.job(stuck).status() == STARTED
+    });
     let quick = db.insert_jobs(&[(Some(8), Some(10_000_000)); 4]);
-    wait_until_or(
-        secs(20),
-        "replica A claims the quick jobs",
-        || db.count_status(QUEUED) == 4,
-        || context(&db, &a),
-    );
+    wait_or_dump(&db, &a, secs(20), "replica A claims the quick jobs", || {
+        db.count_status(QUEUED) == 4
+    });
     let started_at = db.job(stuck).started_at;
     a.sigkill();
 
     let b = Service::run(&db, &overrides);
-    wait_until_or(
+    wait_or_dump(
+        &db,
+        &b,
         secs(30),
         "claimed jobs rescued and run, started job cancelled",
         || all_final(&db),
-        || context(&db, &b),
     );
     let table = db.dump();
     for id in &quick {
@@ -537,11 +536,12 @@ fn bad_rows_fail_or_are_left_alone() {
     let normal = db.insert_job(Some(11), Some(10_000_000));
     let mut svc = Service::run(&db, &[]);
 
-    wait_until_or(
+    wait_or_dump(
+        &db,
+        &svc,
         secs(20),
         "negative job FAILED! and normal job DONE!",
         || db.job(negative).is_final() && db.job(normal).is_final(),
-        || context(&db, &svc),
     );
     let table = db.dump();
     let n = db.job(negative);

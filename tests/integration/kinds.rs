@@ -2,7 +2,6 @@
 //! retention, in process: custom [`Task`]s registered through
 //! [`Tasks`] and run by [`Service::start`] against a real database per test.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,29 +15,27 @@ use crossbeam_channel::bounded;
 use mysql::prelude::{FromRow, Queryable};
 use mysql::{Params, params};
 
-use crate::testdb::{CANCELLED, DONE, FAILED, STARTED, TestDb, wait_until, wait_until_or};
+use crate::testdb::{
+    CANCELLED, DONE, FAILED, STARTED, TestDb, config_from, wait_until, wait_until_or,
+};
 
 /// Milliseconds intervals, unlimited rate, a short drain; `vars` override.
 fn config(db: &TestDb, vars: &[(&str, &str)]) -> Config {
-    let mut map: HashMap<String, String> = [
-        ("DATABASE_URL", db.url()),
-        ("WORKER_NAME", db.name()),
-        ("JOBS_POLL_INTERVAL", "10ms"),
-        ("CANCELLER_POLL_INTERVAL", "20ms"),
-        ("HEARTBEAT_INTERVAL", "100ms"),
-        ("WORKER_DEAD_AFTER", "1s"),
-        ("RATE_LIMIT", "0"),
-        ("SHUTDOWN_TIMEOUT", "500ms"),
-        // In-process services of parallel tests must not all listen on 9090.
-        ("METRICS_ADDR", ""),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in vars {
-        map.insert(k.to_string(), v.to_string());
-    }
-    Config::from_lookup(|k| map.get(k).cloned()).expect("test configuration is valid")
+    config_from(
+        &[
+            ("DATABASE_URL", db.url()),
+            ("WORKER_NAME", db.name()),
+            ("JOBS_POLL_INTERVAL", "10ms"),
+            ("CANCELLER_POLL_INTERVAL", "20ms"),
+            ("HEARTBEAT_INTERVAL", "100ms"),
+            ("WORKER_DEAD_AFTER", "1s"),
+            ("RATE_LIMIT", "0"),
+            ("SHUTDOWN_TIMEOUT", "500ms"),
+            // In-process services of parallel tests must not all listen on 9090.
+            ("METRICS_ADDR", ""),
+        ],
+        vars,
+    )
 }
 
 fn start(db: &TestDb, vars: &[(&str, &str)], tasks: Tasks) -> Service {
@@ -178,6 +175,21 @@ impl Task for Order {
     }
 }
 
+/// The table `Compute` writes its results to.
+fn create_results(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE results (job_id BIGINT UNSIGNED PRIMARY KEY, object_id BIGINT NULL, \
+         kind VARCHAR(64), attempt INT, value BIGINT)",
+    );
+}
+
+/// The sleep task and `compute`.
+fn compute_tasks() -> Tasks {
+    let mut tasks = Tasks::with_sleep();
+    tasks.register("compute", Compute);
+    tasks
+}
+
 // ---------------------------------------------------------------------------
 // 1. A custom kind
 // ---------------------------------------------------------------------------
@@ -185,18 +197,13 @@ impl Task for Order {
 #[test]
 fn a_custom_kind_runs_and_writes_its_result() {
     let db = TestDb::new("kind_custom");
-    db.exec(
-        "CREATE TABLE results (job_id BIGINT UNSIGNED PRIMARY KEY, object_id BIGINT NULL, \
-         kind VARCHAR(64), attempt INT, value BIGINT)",
-    );
+    create_results(&db);
     let id = insert(
         &db,
         "object_id, sleep, kind, payload",
         r#"42, NULL, 'compute', '{"n": 7}'"#,
     );
-    let mut tasks = Tasks::with_sleep();
-    tasks.register("compute", Compute);
-    let service = start(&db, &[], tasks);
+    let service = start(&db, &[], compute_tasks());
     wait_status(&db, id, DONE, Duration::from_secs(10));
     service.shutdown();
 
@@ -224,18 +231,13 @@ fn a_custom_kind_runs_and_writes_its_result() {
 #[test]
 fn a_permanent_error_fails_at_once_despite_attempts_left() {
     let db = TestDb::new("kind_permanent");
-    db.exec(
-        "CREATE TABLE results (job_id BIGINT UNSIGNED PRIMARY KEY, object_id BIGINT NULL, \
-         kind VARCHAR(64), attempt INT, value BIGINT)",
-    );
+    create_results(&db);
     let id = insert(
         &db,
         "kind, payload, max_attempts",
         r#"'compute', '{"m": 7}', 3"#,
     );
-    let mut tasks = Tasks::with_sleep();
-    tasks.register("compute", Compute);
-    let service = start(&db, &[], tasks);
+    let service = start(&db, &[], compute_tasks());
     wait_status(&db, id, FAILED, Duration::from_secs(10));
     service.shutdown();
     let job = db.job(id);

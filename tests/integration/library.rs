@@ -1,7 +1,7 @@
 //! In-process tests of the library: each publisher's `run_once` and the
 //! statements behind it, against a real database per test.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,26 +25,22 @@ use crossbeam_channel::{RecvTimeoutError, bounded};
 use mysql::prelude::Queryable;
 use mysql::{Row, params};
 
-use crate::testdb::{CANCELLED, DONE, QUEUED, STARTED, TestDb, wait_until};
+use crate::testdb::{CANCELLED, DONE, QUEUED, STARTED, TestDb, config_from, wait_until};
 
 fn config(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Config {
-    let mut map: HashMap<String, String> = [
-        ("DATABASE_URL", db.url()),
-        ("WORKER_NAME", worker),
-        ("JOBS_POLL_INTERVAL", "50ms"),
-        ("CANCELLER_POLL_INTERVAL", "50ms"),
-        ("HEARTBEAT_INTERVAL", "100ms"),
-        ("WORKER_DEAD_AFTER", "1s"),
-        ("RATE_LIMIT", "0"),
-        ("METRICS_ADDR", ""),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in vars {
-        map.insert(k.to_string(), v.to_string());
-    }
-    Config::from_lookup(|k| map.get(k).cloned()).expect("test configuration is valid")
+    config_from(
+        &[
+            ("DATABASE_URL", db.url()),
+            ("WORKER_NAME", worker),
+            ("JOBS_POLL_INTERVAL", "50ms"),
+            ("CANCELLER_POLL_INTERVAL", "50ms"),
+            ("HEARTBEAT_INTERVAL", "100ms"),
+            ("WORKER_DEAD_AFTER", "1s"),
+            ("RATE_LIMIT", "0"),
+            ("METRICS_ADDR", ""),
+        ],
+        vars,
+    )
 }
 
 fn shared(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Arc<Shared> {

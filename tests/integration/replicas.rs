@@ -179,6 +179,24 @@ fn starts(h: &Histories, id: u64) -> Vec<&Change> {
 // Helpers
 // ---------------------------------------------------------------------------
 
+/// A replica's settings on top of `service_env` (heartbeat 100 ms, dead
+/// after 1 s): its name, its consumers and channel, no rate limit and a
+/// `JOB_TIMEOUT`.
+fn replica(
+    name: &'static str,
+    consumers: &'static str,
+    channel: &'static str,
+    job_timeout: &'static str,
+) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("WORKER_NAME", name),
+        ("RATE_LIMIT", "0"),
+        ("JOB_CONSUMERS", consumers),
+        ("CHANNEL_CAPACITY", channel),
+        ("JOB_TIMEOUT", job_timeout),
+    ]
+}
+
 /// Inserts `n` jobs of `sleep_ns` in one statement (minimal client columns).
 fn insert_many(db: &TestDb, n: usize, sleep_ns: i64) -> Vec<u64> {
     let before: u64 = db.scalar("SELECT COALESCE(MAX(id), 0) FROM jobs");
@@ -398,18 +416,7 @@ fn three_replicas_start_each_job_exactly_once() {
     let started = Instant::now();
     let mut services: Vec<Service> = names
         .iter()
-        .map(|name| {
-            Service::run(
-                &db,
-                &[
-                    ("WORKER_NAME", name),
-                    ("RATE_LIMIT", "0"),
-                    ("JOB_CONSUMERS", "4"),
-                    ("CHANNEL_CAPACITY", "16"),
-                    ("JOB_TIMEOUT", "30s"),
-                ],
-            )
-        })
+        .map(|name| Service::run(&db, &replica(name, "4", "16", "30s")))
         .collect();
 
     {
@@ -491,17 +498,7 @@ fn kill_9_of_a_replica_loses_nothing_and_starts_nothing_twice() {
     install_audit(&db);
     let ids = insert_many(&db, JOBS, 300 * MS);
 
-    let env = |name: &'static str| {
-        vec![
-            ("WORKER_NAME", name),
-            ("RATE_LIMIT", "0"),
-            ("JOB_CONSUMERS", "4"),
-            ("CHANNEL_CAPACITY", "4"),
-            ("JOB_TIMEOUT", "3s"),
-            ("HEARTBEAT_INTERVAL", "100ms"),
-            ("WORKER_DEAD_AFTER", "1s"),
-        ]
-    };
+    let env = |name| replica(name, "4", "4", "3s");
     let (victim_name, survivor_name) = ("victim", "survivor");
     let mut victim = Service::run(&db, &env(victim_name));
     let mut survivor = Service::run(&db, &env(survivor_name));
@@ -633,17 +630,7 @@ fn frozen_replica_is_rescued_and_its_late_writes_change_nothing() {
     install_audit(&db);
     let first = insert_many(&db, JOBS, 500 * MS);
 
-    let env = |name: &'static str| {
-        vec![
-            ("WORKER_NAME", name),
-            ("RATE_LIMIT", "0"),
-            ("JOB_CONSUMERS", "2"),
-            ("CHANNEL_CAPACITY", "2"),
-            ("JOB_TIMEOUT", "30s"),
-            ("HEARTBEAT_INTERVAL", "100ms"),
-            ("WORKER_DEAD_AFTER", "1s"),
-        ]
-    };
+    let env = |name| replica(name, "2", "2", "30s");
     let (frozen_name, other_name) = ("frozen", "other");
     let mut frozen = Service::run(&db, &env(frozen_name));
     let mut other = Service::run(&db, &env(other_name));
@@ -829,17 +816,8 @@ fn database_outage_is_survived_without_loss_or_rerun_in_a_few_log_lines() {
     let mut services: Vec<Service> = names
         .iter()
         .map(|name| {
-            let env = service_env(
-                &service_url,
-                &[
-                    ("WORKER_NAME", name),
-                    ("RATE_LIMIT", "0"),
-                    ("JOB_CONSUMERS", "4"),
-                    ("CHANNEL_CAPACITY", "8"),
-                    ("HEARTBEAT_INTERVAL", "100ms"),
-                    ("WORKER_DEAD_AFTER", "1s"),
-                ],
-            );
+            // JOB_TIMEOUT at its default.
+            let env = service_env(&service_url, &replica(name, "4", "8", "10s"));
             Service::spawn(&["run"], &env)
         })
         .collect();

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use background_processing::config::Config;
 use mysql::prelude::{FromValue, Queryable};
 use mysql::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Row};
 use std::fmt::Write as _;
@@ -527,19 +528,27 @@ pub fn wait_until_or(
 /// Environment for `run` in tests: the given database, debug logs, short
 /// intervals; `overrides` replace or add variables.
 pub fn service_env(database_url: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("DATABASE_URL", database_url),
-        ("LOG_LEVEL", "debug"),
-        ("JOBS_POLL_INTERVAL", "100ms"),
-        ("CANCELLER_POLL_INTERVAL", "100ms"),
-        ("HEARTBEAT_INTERVAL", "100ms"),
-        ("WORKER_DEAD_AFTER", "1s"),
-        // Off unless a test asks: parallel replicas cannot share one port.
-        ("METRICS_ADDR", ""),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    merged_env(
+        &[
+            ("DATABASE_URL", database_url),
+            ("LOG_LEVEL", "debug"),
+            ("JOBS_POLL_INTERVAL", "100ms"),
+            ("CANCELLER_POLL_INTERVAL", "100ms"),
+            ("HEARTBEAT_INTERVAL", "100ms"),
+            ("WORKER_DEAD_AFTER", "1s"),
+            // Off unless a test asks: parallel replicas cannot share one port.
+            ("METRICS_ADDR", ""),
+        ],
+        overrides,
+    )
+}
+
+/// `base` with `overrides` replacing or adding variables, in order.
+pub fn merged_env(base: &[(&str, &str)], overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = base
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     for (k, v) in overrides {
         match env.iter_mut().find(|(ek, _)| ek == k) {
             Some(slot) => slot.1 = v.to_string(),
@@ -547,6 +556,13 @@ pub fn service_env(database_url: &str, overrides: &[(&str, &str)]) -> Vec<(Strin
         }
     }
     env
+}
+
+/// The in-process service's configuration: `base` with `overrides`.
+pub fn config_from(base: &[(&str, &str)], overrides: &[(&str, &str)]) -> Config {
+    let env = merged_env(base, overrides);
+    Config::from_lookup(|k| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone()))
+        .expect("test configuration is valid")
 }
 
 /// A running `background-processing` child. Its stdout and stderr go to files
