@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use background_processing::bucket::Bucket;
 use background_processing::cancel::Registry;
 use background_processing::db::Db;
+use background_processing::job::Run;
 use background_processing::task::{JobContext, SleepTask, Task};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::bounded;
@@ -44,7 +45,7 @@ fn run_pipeline(jobs: u64) -> Duration {
                         max_attempts: 1,
                         db: db.clone(),
                     };
-                    let cancel = registry.start(id, 1);
+                    let cancel = registry.start(Run { id, lease: 1 });
                     SleepTask.validate(&ctx).expect("valid");
                     SleepTask.run(&ctx, &cancel).expect("no-op task succeeds");
                     registry.finish(id);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
-use crate::db::jobs::Running;
+use crate::job::Run;
 
 /// Why a task was interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,14 +103,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Records that job `id` under `lease` starts running; returns the
-    /// task's cancellation. Call [`Registry::finish`] when it ends.
-    pub fn start(&self, id: u64, lease: u64) -> Cancellation {
+    /// Records that `run` starts running; returns the task's cancellation.
+    /// Call [`Registry::finish`] when it ends.
+    pub fn start(&self, run: Run) -> Cancellation {
         let (tx, rx) = bounded(1);
         self.lock().insert(
-            id,
+            run.id,
             Entry {
-                lease,
+                lease: run.lease,
                 since: Instant::now(),
                 tx,
             },
@@ -123,12 +123,12 @@ impl Registry {
         self.lock().remove(&id).map(|e| e.since.elapsed())
     }
 
-    /// Interrupts job `id` if it runs here under `lease` (any lease when
-    /// `None`). Returns whether a task was interrupted.
-    pub fn interrupt(&self, id: u64, lease: Option<u64>, why: Interrupt) -> bool {
+    /// Interrupts `run` if it runs here. Returns whether a task was
+    /// interrupted.
+    pub fn interrupt(&self, run: Run, why: Interrupt) -> bool {
         let map = self.lock();
-        match map.get(&id) {
-            Some(e) if lease.is_none_or(|l| l == e.lease) => e.tx.try_send(why).is_ok(),
+        match map.get(&run.id) {
+            Some(e) if e.lease == run.lease => e.tx.try_send(why).is_ok(),
             _ => false,
         }
     }
@@ -142,12 +142,12 @@ impl Registry {
     }
 
     /// Runs that have been going for at least `min_age`.
-    pub fn older_than(&self, min_age: Duration) -> Vec<Running> {
+    pub fn older_than(&self, min_age: Duration) -> Vec<Run> {
         let now = Instant::now();
         self.lock()
             .iter()
             .filter(|(_, e)| now.duration_since(e.since) >= min_age)
-            .map(|(id, e)| Running {
+            .map(|(id, e)| Run {
                 id: *id,
                 lease: e.lease,
             })
@@ -179,12 +179,13 @@ mod tests {
     #[test]
     fn interrupt_wakes_a_sleeping_task_at_once() {
         let registry = Registry::default();
-        let cancel = registry.start(7, 1);
+        let run = Run { id: 7, lease: 1 };
+        let cancel = registry.start(run);
         let started = Instant::now();
         std::thread::scope(|s| {
             s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(20));
-                assert!(registry.interrupt(7, Some(1), Interrupt::Cancelled));
+                assert!(registry.interrupt(run, Interrupt::Cancelled));
             });
             assert_eq!(
                 cancel.sleep(Duration::from_secs(30)),
@@ -197,9 +198,9 @@ mod tests {
     #[test]
     fn a_stale_lease_interrupts_nothing() {
         let registry = Registry::default();
-        let cancel = registry.start(7, 2);
-        assert!(!registry.interrupt(7, Some(1), Interrupt::Cancelled));
-        assert!(!registry.interrupt(8, None, Interrupt::Cancelled));
+        let cancel = registry.start(Run { id: 7, lease: 2 });
+        assert!(!registry.interrupt(Run { id: 7, lease: 1 }, Interrupt::Cancelled));
+        assert!(!registry.interrupt(Run { id: 8, lease: 2 }, Interrupt::Cancelled));
         assert_eq!(cancel.check(), None);
         registry.finish(7);
         assert!(registry.is_empty());
@@ -208,8 +209,8 @@ mod tests {
     #[test]
     fn interrupt_all_reaches_every_task() {
         let registry = Registry::default();
-        let a = registry.start(1, 1);
-        let b = registry.start(2, 1);
+        let a = registry.start(Run { id: 1, lease: 1 });
+        let b = registry.start(Run { id: 2, lease: 1 });
         assert_eq!(registry.interrupt_all(Interrupt::Shutdown), 2);
         assert_eq!(a.wait(), Interrupt::Shutdown);
         assert_eq!(b.wait(), Interrupt::Shutdown);

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -35,9 +36,35 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::Metrics;
-use crate::service::Shared;
-use crate::watch::Phase;
+use crate::bucket::Bucket;
+use crate::cancel;
+use crate::db::Db;
+use crate::metrics::COUNTERS;
+use crate::runtime::liveness::Liveness;
+use crate::runtime::threads::{Phase, ThreadState, Watch, spawn};
+
+/// What the endpoints read: the replica's state in memory, never the
+/// database.
+#[derive(Clone)]
+pub struct HealthView {
+    /// Which threads are alive, the phase, the jobs channel.
+    pub watch: Arc<Watch>,
+    /// The pool: whether the database answered its last call, and the
+    /// counters.
+    pub db: Db,
+    /// When this replica's heartbeat last landed.
+    pub liveness: Arc<Liveness>,
+    /// Tasks running now.
+    pub registry: Arc<cancel::Registry>,
+    /// Time waited for rate-limit tokens.
+    pub bucket: Arc<Bucket>,
+    /// `HEARTBEAT_INTERVAL`, for freshness.
+    pub heartbeat_interval: Duration,
+    /// `JOB_CONSUMERS`.
+    pub consumers: usize,
+    /// `CHANNEL_CAPACITY`.
+    pub channel_capacity: usize,
+}
 
 /// Every metric's name starts with this and `_`.
 pub const PREFIX: &str = "background_processing";
@@ -56,17 +83,15 @@ pub struct HttpServer {
 impl HttpServer {
     /// Listens on `addr` and starts the `http` thread. Fails only when the
     /// address cannot be bound; the message names `METRICS_ADDR`.
-    pub fn start(shared: Arc<Shared>, addr: SocketAddr) -> Result<HttpServer, String> {
+    pub fn start(view: HealthView, addr: SocketAddr) -> Result<HttpServer, String> {
         let server = tiny_http::Server::http(addr).map_err(|e| e.to_string())?;
         // Port 0 asks the kernel for a free port: report the real one.
         let addr = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
-        let registry = registry(Arc::clone(&shared));
+        let registry = registry(view.clone());
         let (srv, halt) = (Arc::clone(&server), Arc::clone(&stop));
-        let thread = crate::service::spawn("http".into(), move || {
-            serve(&shared, &registry, &srv, &halt)
-        });
+        let thread = spawn("http".into(), move || serve(&view, &registry, &srv, &halt));
         log::info!("serving /healthz, /readyz and /metrics on http://{addr}");
         Ok(HttpServer {
             server,
@@ -101,7 +126,7 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(shared: &Shared, registry: &Registry, server: &tiny_http::Server, stop: &AtomicBool) {
+fn serve(shared: &HealthView, registry: &Registry, server: &tiny_http::Server, stop: &AtomicBool) {
     loop {
         match server.recv() {
             Ok(request) => {
@@ -152,7 +177,7 @@ impl Reply {
 }
 
 /// The answer to `method` on `url` (path and query).
-pub fn route(shared: &Shared, registry: &Registry, method: &str, url: &str) -> Reply {
+pub fn route(shared: &HealthView, registry: &Registry, method: &str, url: &str) -> Reply {
     if method != "GET" && method != "HEAD" {
         return Reply::text(405, "only GET and HEAD\n".into());
     }
@@ -175,7 +200,7 @@ pub fn route(shared: &Shared, registry: &Registry, method: &str, url: &str) -> R
             format!(
                 "background-processing {}: /healthz (threads alive), /readyz (database and \
                  heartbeat), /metrics (Prometheus)\n",
-                crate::VERSION
+                crate::config::VERSION
             ),
         ),
         _ => Reply::text(404, "not found: try /healthz, /readyz or /metrics\n".into()),
@@ -194,7 +219,7 @@ pub struct Check {
 /// `/healthz`: is every thread alive? A thread that ended outside a
 /// shutdown, or panicked, makes the process unhealthy: a restart is the
 /// cure. Starting and draining replicas are healthy.
-pub fn health(shared: &Shared) -> Check {
+pub fn health(shared: &HealthView) -> Check {
     let dead = shared.watch.dead();
     if !dead.is_empty() {
         return Check {
@@ -205,7 +230,7 @@ pub fn health(shared: &Shared) -> Check {
     let threads = shared.watch.threads();
     let alive = threads
         .iter()
-        .filter(|(_, s)| *s == crate::watch::ThreadState::Alive)
+        .filter(|(_, s)| *s == ThreadState::Alive)
         .count();
     let text = match shared.watch.phase() {
         Phase::Starting => "ok: starting".to_string(),
@@ -218,7 +243,7 @@ pub fn health(shared: &Shared) -> Check {
 /// `/readyz`: is this replica doing its work? Started, not stopping, every
 /// thread alive, the database answered its last call, and this replica's
 /// heartbeat landed recently (so the others see it alive).
-pub fn readiness(shared: &Shared) -> Check {
+pub fn readiness(shared: &HealthView) -> Check {
     let not = |text: String| Check { ok: false, text };
     match shared.watch.phase() {
         Phase::Starting => {
@@ -236,7 +261,7 @@ pub fn readiness(shared: &Shared) -> Check {
     if shared.db.health().is_down() {
         return not("database unavailable: retrying with backoff".into());
     }
-    let interval = shared.config.heartbeat_interval;
+    let interval = shared.heartbeat_interval;
     let age = shared.liveness.last_beat_age();
     let age_text = age.map_or("never".to_string(), |a| {
         format!("{:.1}s ago", a.as_secs_f64())
@@ -244,7 +269,7 @@ pub fn readiness(shared: &Shared) -> Check {
     if !shared.liveness.is_fresh(interval) {
         return not(format!(
             "heartbeat overdue: the last one landed {age_text} (HEARTBEAT_INTERVAL={})",
-            humantime::format_duration(interval)
+            crate::config::show_duration(interval)
         ));
     }
     Check {
@@ -255,9 +280,9 @@ pub fn readiness(shared: &Shared) -> Check {
 
 /// The registry `/metrics` encodes: the counters and gauges read at each
 /// scrape, and the two histograms.
-pub fn registry(shared: Arc<Shared>) -> Registry {
+pub fn registry(shared: HealthView) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
-    let h = &shared.metrics.histograms;
+    let h = &shared.db.metrics().histograms;
     registry.register(
         "claim_batch_size",
         "Jobs per claim, for claims that found work",
@@ -273,7 +298,7 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
 }
 
 /// Reads the service's counters and gauges at each scrape.
-struct Scrape(Arc<Shared>);
+struct Scrape(HealthView);
 
 impl fmt::Debug for Scrape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -304,48 +329,10 @@ fn gauge(
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let s = &self.0;
-        let m = &s.metrics;
         let e = &mut enc;
-        for (name, help, value) in [
-            (
-                "jobs_claimed",
-                "Jobs claimed (QUEUED!) by this replica",
-                &m.claimed,
-            ),
-            (
-                "jobs_started",
-                "Jobs this replica started (STARTED!)",
-                &m.started,
-            ),
-            ("jobs_done", "Jobs this replica finished DONE!", &m.done),
-            (
-                "jobs_cancelled",
-                "Jobs this replica cancelled (timeout, dead replica, shutdown deadline)",
-                &m.cancelled,
-            ),
-            ("jobs_failed", "Jobs this replica marked FAILED!", &m.failed),
-            (
-                "jobs_retried",
-                "Attempts that failed with a retryable error and were put back",
-                &m.retried,
-            ),
-            (
-                "jobs_rescued",
-                "Jobs of dead replicas this replica put back or cancelled",
-                &m.rescued,
-            ),
-            (
-                "jobs_released",
-                "Claimed jobs put back to new unstarted (shutdown, settled claims, rescues)",
-                &m.released,
-            ),
-            (
-                "jobs_lost",
-                "Writes refused because this replica no longer held the job",
-                &m.lost,
-            ),
-        ] {
-            counter(e, name, help, Metrics::get(value))?;
+        let values = s.db.metrics().snapshot();
+        for (info, value) in COUNTERS.iter().zip(values) {
+            counter(e, info.name, info.help, value)?;
         }
         counter(
             e,
@@ -353,24 +340,11 @@ impl Collector for Scrape {
             "Seconds jobs consumers spent waiting for rate-limit tokens (RATE_LIMIT)",
             s.bucket.waited().as_secs_f64(),
         )?;
-        let db = s.db.health();
-        counter(
-            e,
-            "database_errors",
-            "Database calls that failed (each was retried)",
-            db.failures(),
-        )?;
-        counter(
-            e,
-            "database_outages",
-            "Times the database went away; each ended with a reconnect, or is still open",
-            db.episodes(),
-        )?;
         gauge(
             e,
             "database_up",
             "1 when the last database call succeeded, 0 during an outage",
-            i64::from(!db.is_down()),
+            i64::from(!s.db.health().is_down()),
         )?;
         gauge(
             e,
@@ -382,7 +356,7 @@ impl Collector for Scrape {
             e,
             "channel_capacity",
             "Bound of the jobs channel (CHANNEL_CAPACITY)",
-            s.config.channel_capacity as i64,
+            s.channel_capacity as i64,
         )?;
         gauge(
             e,
@@ -394,7 +368,7 @@ impl Collector for Scrape {
             e,
             "consumers",
             "Jobs consumer threads (JOB_CONSUMERS)",
-            s.config.job_consumers as i64,
+            s.consumers as i64,
         )?;
         gauge(
             e,
@@ -409,19 +383,20 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::task::Tasks;
+    use crate::metrics::Counter;
 
-    fn shared() -> Arc<Shared> {
-        let config = Config::from_lookup(|k| match k {
-            "WORKER_NAME" => Some("w".into()),
-            "HEARTBEAT_INTERVAL" => Some("100ms".into()),
-            "WORKER_DEAD_AFTER" => Some("1s".into()),
-            _ => None,
-        })
-        .unwrap();
-        // The pool connects lazily: nothing here talks to a database.
-        Arc::new(Shared::new(config, Tasks::with_sleep()).unwrap())
+    fn shared() -> HealthView {
+        HealthView {
+            watch: Arc::default(),
+            // The pool connects lazily: nothing here talks to a database.
+            db: Db::new("mysql://127.0.0.1:1/x", 1).unwrap(),
+            liveness: Arc::default(),
+            registry: Arc::default(),
+            bucket: Arc::new(Bucket::new(50)),
+            heartbeat_interval: Duration::from_millis(100),
+            consumers: 8,
+            channel_capacity: 100,
+        }
     }
 
     #[test]
@@ -439,14 +414,14 @@ mod tests {
         s.watch.set_running();
         let r = readiness(&s);
         assert!(!r.ok && r.text.contains("heartbeat"), "{}", r.text);
-        s.liveness.beat(s.config.heartbeat_interval);
+        s.liveness.beat(s.heartbeat_interval);
         assert!(readiness(&s).ok, "{}", readiness(&s).text);
     }
 
     #[test]
     fn a_dead_thread_fails_both_probes_and_stopping_is_not_ready() {
         let s = shared();
-        s.liveness.beat(s.config.heartbeat_interval);
+        s.liveness.beat(s.heartbeat_interval);
         let h = s.watch.spawn("consumer-jobs-0".into(), || {});
         h.join().unwrap();
         s.watch.set_running();
@@ -461,7 +436,7 @@ mod tests {
     #[test]
     fn routes() {
         let s = shared();
-        let reg = registry(Arc::clone(&s));
+        let reg = registry(s.clone());
         assert_eq!(route(&s, &reg, "GET", "/healthz").status, 200);
         assert_eq!(route(&s, &reg, "HEAD", "/readyz?verbose").status, 503);
         assert_eq!(route(&s, &reg, "POST", "/metrics").status, 405);
@@ -472,11 +447,11 @@ mod tests {
     #[test]
     fn metrics_are_prometheus_text_with_every_series() {
         let s = shared();
-        let reg = registry(Arc::clone(&s));
-        Metrics::add(&s.metrics.done, 3);
-        s.metrics.observe_claim(4);
-        s.metrics.observe_claim(0);
-        s.metrics
+        let reg = registry(s.clone());
+        s.db.metrics().add(Counter::Done, 3);
+        s.db.metrics().observe_claim(4);
+        s.db.metrics().observe_claim(0);
+        s.db.metrics()
             .observe_run(Some(std::time::Duration::from_millis(20)));
         let r = route(&s, &reg, "GET", "/metrics");
         assert_eq!(r.status, 200);

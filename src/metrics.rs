@@ -1,38 +1,188 @@
-//! Counters every thread bumps and the periodic summary reads, and the
-//! histograms `/metrics` shows (see [`crate::http`]).
+//! What this process counted: the one table of counters ([`COUNTERS`]),
+//! which `/metrics` and the once-a-minute summary line both read, and the
+//! histograms `/metrics` shows.
+//!
+//! A counter is added to where the thing it counts happens; nothing else
+//! keeps a count of its own. Database failures and outages are counted here
+//! too (by [`crate::db::DbHealth`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
 
-/// Monotonic counters for this process.
+/// A monotonic counter of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Jobs claimed (`QUEUED!`).
+    Claimed,
+    /// Jobs started (`STARTED!`).
+    Started,
+    /// Statements that started a batch of jobs.
+    StartBatches,
+    /// Jobs finished `DONE!`.
+    Done,
+    /// Jobs cancelled by this replica (timeout, dead replica, shutdown).
+    Cancelled,
+    /// Jobs marked `FAILED!`.
+    Failed,
+    /// Attempts that failed with a retryable error and were put back.
+    Retried,
+    /// Jobs of dead replicas put back or cancelled.
+    Rescued,
+    /// Claimed jobs put back to new unstarted.
+    Released,
+    /// Writes refused because this replica no longer held the job.
+    Lost,
+    /// Database calls that failed (each was retried or given up at shutdown).
+    DbErrors,
+    /// Times the database became unreachable.
+    DbOutages,
+}
+
+/// One row of the counter table.
+pub struct CounterInfo {
+    /// Which counter.
+    pub counter: Counter,
+    /// Its `/metrics` name, without the prefix and `_total`.
+    pub name: &'static str,
+    /// Its `/metrics` help text.
+    pub help: &'static str,
+    /// Its label in the summary's "last minute" part, if it is there.
+    pub minute: Option<&'static str>,
+    /// Its label in the summary's running totals, if it is there.
+    pub total: Option<&'static str>,
+}
+
+/// Every counter, in the order `/metrics` lists them.
+pub const COUNTERS: &[CounterInfo] = &[
+    CounterInfo {
+        counter: Counter::Claimed,
+        name: "jobs_claimed",
+        help: "Jobs claimed (QUEUED!) by this replica",
+        minute: None,
+        total: Some("claimed"),
+    },
+    CounterInfo {
+        counter: Counter::Started,
+        name: "jobs_started",
+        help: "Jobs this replica started (STARTED!)",
+        minute: None,
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::StartBatches,
+        name: "start_batches",
+        help: "Statements that started a batch of jobs (jobs_started / this = jobs per start)",
+        minute: None,
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::Done,
+        name: "jobs_done",
+        help: "Jobs this replica finished DONE!",
+        minute: Some("done"),
+        total: Some("done"),
+    },
+    CounterInfo {
+        counter: Counter::Cancelled,
+        name: "jobs_cancelled",
+        help: "Jobs this replica cancelled (timeout, dead replica, shutdown deadline)",
+        minute: Some("cancelled"),
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::Failed,
+        name: "jobs_failed",
+        help: "Jobs this replica marked FAILED!",
+        minute: Some("failed"),
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::Retried,
+        name: "jobs_retried",
+        help: "Attempts that failed with a retryable error and were put back",
+        minute: None,
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::Rescued,
+        name: "jobs_rescued",
+        help: "Jobs of dead replicas this replica put back or cancelled",
+        minute: None,
+        total: Some("rescued"),
+    },
+    CounterInfo {
+        counter: Counter::Released,
+        name: "jobs_released",
+        help: "Claimed jobs put back to new unstarted (shutdown, settled claims, rescues)",
+        minute: None,
+        total: Some("released"),
+    },
+    CounterInfo {
+        counter: Counter::Lost,
+        name: "jobs_lost",
+        help: "Writes refused because this replica no longer held the job",
+        minute: None,
+        total: Some("lost"),
+    },
+    CounterInfo {
+        counter: Counter::DbErrors,
+        name: "database_errors",
+        help: "Database calls that failed (each was retried)",
+        minute: None,
+        total: Some("db retries"),
+    },
+    CounterInfo {
+        counter: Counter::DbOutages,
+        name: "database_outages",
+        help: "Times the database went away; each ended with a reconnect, or is still open",
+        minute: None,
+        total: None,
+    },
+];
+
+const N: usize = COUNTERS.len();
+
+/// Counters and histograms for this process.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Jobs claimed (`QUEUED!`) by this replica.
-    pub claimed: AtomicU64,
-    /// Jobs this replica started.
-    pub started: AtomicU64,
-    /// Statements that started a batch of jobs.
-    pub start_batches: AtomicU64,
-    /// Jobs this replica finished `DONE!`.
-    pub done: AtomicU64,
-    /// Jobs cancelled by this replica's canceller, rescuer or shutdown.
-    pub cancelled: AtomicU64,
-    /// Attempts that failed with a retryable error and were put back.
-    pub retried: AtomicU64,
-    /// Jobs marked `FAILED!` by this replica.
-    pub failed: AtomicU64,
-    /// Jobs put back to new (shutdown release, rescue of dead replicas).
-    pub released: AtomicU64,
-    /// Jobs of dead replicas rescued by this replica (released or cancelled).
-    pub rescued: AtomicU64,
-    /// Writes rejected because this replica no longer held the job.
-    pub lost: AtomicU64,
-    /// Database statements that failed and were retried.
-    pub db_retries: AtomicU64,
+    values: [AtomicU64; N],
     /// Claim sizes and run times.
     pub histograms: Histograms,
+}
+
+impl Metrics {
+    /// Adds `n` to `counter`.
+    pub fn add(&self, counter: Counter, n: u64) {
+        self.values[counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every counter's value, in table order.
+    pub fn snapshot(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.values[i].load(Ordering::Relaxed))
+    }
+
+    /// Records a claim of `jobs` jobs; an empty claim (nothing was waiting)
+    /// is not a batch and is left out.
+    pub fn observe_claim(&self, jobs: usize) {
+        if jobs > 0 {
+            self.histograms.claim_batch.observe(jobs as f64);
+        }
+    }
+
+    /// Records how long a task ran (`None`: it was not running, nothing to
+    /// record).
+    pub fn observe_run(&self, ran: Option<Duration>) {
+        if let Some(d) = ran {
+            self.histograms.job_duration.observe(d.as_secs_f64());
+        }
+    }
 }
 
 /// Distributions, kept by `prometheus-client` (a clone shares the counts,
@@ -66,30 +216,24 @@ impl Default for Histograms {
     }
 }
 
-impl Metrics {
-    /// Adds `n` to `counter`.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Reads `counter`.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    /// Records a claim of `jobs` jobs; an empty claim (nothing was waiting)
-    /// is not a batch and is left out.
-    pub fn observe_claim(&self, jobs: usize) {
-        if jobs > 0 {
-            self.histograms.claim_batch.observe(jobs as f64);
+    #[test]
+    fn the_table_is_in_counter_order() {
+        for (i, info) in COUNTERS.iter().enumerate() {
+            assert_eq!(info.counter as usize, i, "{}", info.name);
         }
     }
 
-    /// Records how long a task ran (`None`: it was not running, nothing to
-    /// record).
-    pub fn observe_run(&self, ran: Option<Duration>) {
-        if let Some(d) = ran {
-            self.histograms.job_duration.observe(d.as_secs_f64());
-        }
+    #[test]
+    fn counters_add_up() {
+        let m = Metrics::default();
+        m.add(Counter::Done, 2);
+        m.add(Counter::Done, 3);
+        assert_eq!(m.get(Counter::Done), 5);
+        assert_eq!(m.snapshot()[Counter::Done as usize], 5);
+        assert_eq!(m.get(Counter::Lost), 0);
     }
 }

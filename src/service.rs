@@ -1,102 +1,66 @@
-//! Wiring: starts every thread of a replica and stops them in order.
+//! Wiring: builds every thread of a replica from the configuration, starts
+//! them, and stops them in order.
 //!
-//! [`Service::start`] waits for the database (`DB_CONNECT_TIMEOUT`), checks
-//! the schema, registers this replica in `workers`, then starts the threads
-//! (see the crate docs for the list). [`Service::shutdown`] drains:
+//! [`Service::start`] makes the handles the threads share (the pool, the
+//! registry of running tasks, the token bucket, the thread watch, the
+//! heartbeat record), waits for the database (`DB_CONNECT_TIMEOUT`, default
+//! 30s), checks the schema, registers this replica in `workers`, then starts
+//! each loop with its own small config and just the handles it needs (see
+//! the crate docs for the list). [`Service::shutdown`] drains:
 //!
 //! 1. the jobs publisher stops claiming;
 //! 2. consumers stop taking jobs, and this replica's `QUEUED!` jobs go back
 //!    to new (status NULL) at once, retried until the deadline;
-//! 3. running tasks get until `SHUTDOWN_TIMEOUT` to finish; then they are
-//!    interrupted and their consumers mark them `CANCELLED!` with the reason
+//! 3. running tasks get until `SHUTDOWN_TIMEOUT` (default 25s) to finish;
+//!    then they are interrupted and marked `CANCELLED!` with the reason
 //!    (they started, so they must not start again elsewhere);
-//! 4. the canceller, watcher, heartbeat, rescuer and summary stop, and this
-//!    replica's row is removed;
+//! 4. the canceller, watcher, heartbeat, rescuer, pruner and summary stop,
+//!    and this replica's row is removed;
 //! 5. the `http` thread (`METRICS_ADDR`) stops last, so probes and scrapes
 //!    answer throughout the drain (`/readyz` says it is shutting down).
 //!
 //! Every thread but `http` is started through [`Watch::spawn`], so
-//! `/healthz` knows when one has died.
-//!
-//! The drain never stops on an error: each step logs and goes on, so a
-//! database outage during shutdown costs at most the deadline.
+//! `/healthz` knows when one has died. The drain never stops on an error:
+//! each step logs and goes on, so a database outage during shutdown costs at
+//! most the deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, at, bounded, select, tick};
+use crossbeam_channel::{Receiver, Sender, at, bounded, select};
 use thiserror::Error;
 
-use crate::batch::{Completer, Starter, run_completer, run_starter};
 use crate::bucket::Bucket;
 use crate::cancel::{Interrupt, Registry};
 use crate::config::Config;
-use crate::consumer;
-use crate::db::jobs::{Dead, Job, job_release_queued};
+use crate::consumer::canceller::Canceller;
+use crate::consumer::finisher::Finisher;
+use crate::consumer::jobs::{Channels, Consumer, Shared};
+use crate::consumer::starter::Starter;
+use crate::db::error::DbError;
+use crate::db::owners::job_release_queued;
+use crate::db::retry::Retry;
 use crate::db::workers::worker_remove;
-use crate::db::{Db, DbError};
-use crate::http::HttpServer;
-use crate::metrics::Metrics;
-use crate::outage::Backoff;
+use crate::db::{Db, HeldConn};
+use crate::http::{HealthView, HttpServer};
+use crate::job::Job;
+use crate::maintenance::heartbeat::Heartbeat;
+use crate::maintenance::pruner::{Pruner, PrunerConfig};
+use crate::maintenance::rescuer::Rescuer;
+use crate::maintenance::summary::{Readings, Summary};
+use crate::maintenance::watcher::Watcher;
+use crate::metrics::{Counter, Metrics};
 use crate::publisher::canceller::CancellerPublisher;
-use crate::publisher::heartbeat::{Heartbeat, Liveness};
 use crate::publisher::jobs::JobsPublisher;
-use crate::publisher::pruner::Pruner;
-use crate::publisher::rescuer::Rescuer;
-use crate::publisher::watcher::Watcher;
+use crate::runtime::liveness::Liveness;
+use crate::runtime::threads::Watch;
 use crate::task::Tasks;
-use crate::watch::Watch;
-
-/// How often the summary line is logged.
-pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long interrupted tasks get to write `CANCELLED!` after the shutdown
 /// deadline before the process stops waiting for them.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
-
-/// State every thread of a replica shares.
-pub struct Shared {
-    /// The effective configuration.
-    pub config: Config,
-    /// The connection pool.
-    pub db: Db,
-    /// When this replica's heartbeats have been landing steadily.
-    pub liveness: Liveness,
-    /// Counters.
-    pub metrics: Metrics,
-    /// Tasks running in this process.
-    pub registry: Registry,
-    /// The token bucket in front of the jobs consumers.
-    pub bucket: Bucket,
-    /// This replica's name, as written in `jobs.owner` and `workers.name`.
-    pub worker: String,
-    /// The task kinds this replica runs.
-    pub tasks: Tasks,
-    /// Which threads are alive and the service's phase, for `/healthz` and
-    /// `/readyz`.
-    pub watch: Watch,
-}
-
-impl Shared {
-    /// Shared state for `config`, running `tasks`, with a pool that
-    /// connects lazily.
-    pub fn new(config: Config, tasks: Tasks) -> Result<Shared, DbError> {
-        let db = Db::new(&config.database_url, config.db_pool_size)?;
-        Ok(Shared {
-            db,
-            liveness: Liveness::default(),
-            metrics: Metrics::default(),
-            registry: Registry::default(),
-            bucket: Bucket::new(config.rate_limit),
-            worker: config.worker_name.clone(),
-            tasks,
-            config,
-            watch: Watch::default(),
-        })
-    }
-}
 
 /// Why the service could not start.
 #[derive(Debug, Error)]
@@ -132,20 +96,6 @@ pub enum StartError {
     },
 }
 
-/// A running replica.
-pub struct Service {
-    shared: Arc<Shared>,
-    stop_claiming: Option<Sender<()>>,
-    stop_taking: Option<Sender<()>>,
-    hard_stop: Option<Sender<()>>,
-    stop_rest: Option<Sender<()>>,
-    jobs_publisher: Option<JoinHandle<()>>,
-    consumers: Vec<JoinHandle<()>>,
-    consumers_alive: Receiver<()>,
-    others: Vec<JoinHandle<()>>,
-    http: Option<HttpServer>,
-}
-
 /// What a shutdown did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -157,12 +107,105 @@ pub struct ShutdownReport {
     pub stragglers: usize,
 }
 
-/// Starts a named thread (see [`Watch::spawn`] for a watched one).
-pub(crate) fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(f)
-        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+/// The handles a replica's threads share; each thread gets the ones it
+/// needs.
+#[derive(Clone)]
+struct Parts {
+    config: Arc<Config>,
+    db: Db,
+    liveness: Arc<Liveness>,
+    registry: Arc<Registry>,
+    bucket: Arc<Bucket>,
+    watch: Arc<Watch>,
+    tasks: Tasks,
+}
+
+impl Parts {
+    fn new(config: Config, tasks: Tasks) -> Result<Parts, DbError> {
+        let metrics = Arc::new(Metrics::default());
+        let db = Db::with_metrics(&config.database_url, config.db_pool_size, metrics)?;
+        Ok(Parts {
+            bucket: Arc::new(Bucket::new(config.rate_limit)),
+            config: Arc::new(config),
+            db,
+            liveness: Arc::default(),
+            registry: Arc::default(),
+            watch: Arc::default(),
+            tasks,
+        })
+    }
+
+    fn health_view(&self) -> HealthView {
+        HealthView {
+            watch: Arc::clone(&self.watch),
+            db: self.db.clone(),
+            liveness: Arc::clone(&self.liveness),
+            registry: Arc::clone(&self.registry),
+            bucket: Arc::clone(&self.bucket),
+            heartbeat_interval: self.config.heartbeat_interval,
+            consumers: self.config.job_consumers,
+            channel_capacity: self.config.channel_capacity,
+        }
+    }
+
+    fn summary(&self, jobs: Receiver<Job>) -> Summary {
+        Summary::new(
+            Arc::clone(self.db.metrics()),
+            Arc::clone(&self.registry),
+            Arc::clone(&self.bucket),
+            jobs,
+        )
+    }
+}
+
+/// The senders whose closing tells each group of threads to stop, in the
+/// order the drain closes them.
+struct Stops {
+    claiming: Option<Sender<()>>,
+    taking: Option<Sender<()>>,
+    hard: Option<Sender<()>>,
+    rest: Option<Sender<()>>,
+}
+
+/// The receiving ends of [`Stops`].
+#[derive(Clone)]
+struct StopSignals {
+    claiming: Receiver<()>,
+    taking: Receiver<()>,
+    hard: Receiver<()>,
+    rest: Receiver<()>,
+}
+
+fn stops() -> (Stops, StopSignals) {
+    let (claiming, claiming_rx) = bounded(0);
+    let (taking, taking_rx) = bounded(0);
+    let (hard, hard_rx) = bounded(0);
+    let (rest, rest_rx) = bounded(0);
+    let stops = Stops {
+        claiming: Some(claiming),
+        taking: Some(taking),
+        hard: Some(hard),
+        rest: Some(rest),
+    };
+    let signals = StopSignals {
+        claiming: claiming_rx,
+        taking: taking_rx,
+        hard: hard_rx,
+        rest: rest_rx,
+    };
+    (stops, signals)
+}
+
+/// A running replica.
+pub struct Service {
+    parts: Parts,
+    stops: Stops,
+    jobs_publisher: Option<JoinHandle<()>>,
+    consumers: Vec<JoinHandle<()>>,
+    consumers_alive: Receiver<()>,
+    others: Vec<JoinHandle<()>>,
+    summary: Summary,
+    http: Option<HttpServer>,
 }
 
 impl Service {
@@ -170,50 +213,39 @@ impl Service {
     /// checks the schema, registers this replica and starts every thread.
     pub fn start(config: Config, tasks: Tasks) -> Result<Service, StartError> {
         let url = config.redacted_url();
-        let shared = Shared::new(config, tasks).map_err(|cause| StartError::Database {
-            url: url.clone(),
-            cause,
-        })?;
-        let shared = Arc::new(shared);
-        let http = match shared.config.metrics_addr {
-            Some(addr) => Some(
-                HttpServer::start(Arc::clone(&shared), addr)
-                    .map_err(|cause| StartError::Metrics { addr, cause })?,
-            ),
-            None => None,
-        };
-        shared
-            .db
-            .wait_ready(shared.config.db_connect_timeout)
-            .map_err(|cause| StartError::Unreachable {
-                url: url.clone(),
-                timeout: humantime::format_duration(shared.config.db_connect_timeout).to_string(),
-                cause,
-            })?;
         let db_err = |cause| StartError::Database {
             url: url.clone(),
             cause,
         };
-        {
-            let mut conn = shared.db.conn().map_err(db_err)?;
-            crate::db::migrate::check(&mut conn).map_err(db_err)?;
-            let replaced = crate::db::migrate::replaced_indexes_left(&mut conn).map_err(db_err)?;
-            if !replaced.is_empty() {
-                log::warn!(
-                    "jobs still has the indexes this version replaced ({}), which slow every \
-                     write: once every replica runs this version, run \
-                     `background-processing migrate --drop-replaced`",
-                    replaced.join(", ")
-                );
-            }
-        }
-        let heartbeat = Heartbeat::new(Arc::clone(&shared));
+        let parts = Parts::new(config, tasks).map_err(db_err)?;
+        let config = Arc::clone(&parts.config);
+        let http = match config.metrics_addr {
+            Some(addr) => Some(
+                HttpServer::start(parts.health_view(), addr)
+                    .map_err(|cause| StartError::Metrics { addr, cause })?,
+            ),
+            None => None,
+        };
+        parts
+            .db
+            .wait_ready(config.db_connect_timeout)
+            .map_err(|cause| StartError::Unreachable {
+                url: url.clone(),
+                timeout: crate::config::show_duration(config.db_connect_timeout),
+                cause,
+            })?;
+        check_schema(&parts.db).map_err(db_err)?;
+        let heartbeat = Heartbeat::new(
+            config.as_ref().into(),
+            parts.db.clone(),
+            Arc::clone(&parts.liveness),
+        );
         heartbeat.register_at_start().map_err(db_err)?;
         // From here a stop signal must drain: jobs are about to be claimed.
-        crate::shutdown::mark_running();
-        let mut service = Service::spawn_threads(shared, heartbeat);
+        crate::runtime::shutdown::mark_running();
+        let mut service = Service::spawn_threads(parts, heartbeat);
         service.http = http;
-        service.shared.watch.set_running();
+        service.parts.watch.set_running();
         Ok(service)
     }
 
@@ -222,105 +254,48 @@ impl Service {
         self.http.as_ref().map(HttpServer::addr)
     }
 
-    fn spawn_threads(shared: Arc<Shared>, heartbeat: Heartbeat) -> Service {
-        let cfg = &shared.config;
-        let watch = &shared.watch;
-        let (stop_claiming, stop_claiming_rx) = bounded::<()>(0);
-        let (stop_taking, stop_taking_rx) = bounded::<()>(0);
-        let (hard_stop, hard_stop_rx) = bounded::<()>(0);
-        let (stop_rest, stop_rest_rx) = bounded::<()>(0);
+    /// The tasks running in this replica.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.parts.registry
+    }
+
+    /// This replica's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.parts.db.metrics()
+    }
+
+    /// This replica's name, as written in `jobs.owner` and `workers.name`.
+    pub fn worker(&self) -> &str {
+        &self.parts.config.worker_name
+    }
+
+    fn spawn_threads(parts: Parts, heartbeat: Heartbeat) -> Service {
+        let (stops, signals) = stops();
         let (alive, consumers_alive) = bounded::<()>(0);
-        let (jobs_tx, jobs_rx) = bounded::<Job>(cfg.channel_capacity);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(parts.config.channel_capacity);
+        parts.watch.set_jobs_channel(jobs_rx.clone());
         let (room_tx, room_rx) = bounded::<()>(1);
-        let (cancel_tx, cancel_rx) = bounded::<Dead>(cfg.channel_capacity);
-        watch.set_jobs_channel(jobs_rx.clone());
-
-        let publisher = JobsPublisher::new(Arc::clone(&shared), jobs_tx);
-        let jobs_publisher = watch.spawn("publisher-jobs".into(), move || {
-            publisher.run(stop_claiming_rx, room_rx)
+        let publisher = JobsPublisher::new(parts.config.as_ref().into(), parts.db.clone(), jobs_tx);
+        let claiming = signals.claiming.clone();
+        let jobs_publisher = parts.watch.spawn("publisher-jobs".into(), move || {
+            publisher.run(claiming, room_rx)
         });
-
-        let (starter, start_rx) = Starter::new();
-        let (completer, done_rx) = Completer::new();
-        let mut consumers: Vec<JoinHandle<()>> = (0..cfg.job_consumers)
-            .map(|i| {
-                let shared = Arc::clone(&shared);
-                let alive = alive.clone();
-                let ch = consumer::jobs::Channels {
-                    jobs: jobs_rx.clone(),
-                    room_freed: room_tx.clone(),
-                    stop_taking: stop_taking_rx.clone(),
-                    hard_stop: hard_stop_rx.clone(),
-                    starter: starter.for_consumer(i),
-                    completer: completer.clone(),
-                };
-                watch.spawn(format!("consumer-jobs-{i}"), move || {
-                    let _alive = alive;
-                    consumer::jobs::run(shared, ch);
-                })
-            })
-            .collect();
-        // The batch writers stop once the last consumer is gone and what it
-        // sent is written; they count among the consumers shutdown waits for.
-        drop((starter, completer));
-        // One starter: measured, a second one only adds statements (each
-        // commit still waits for its own log flush on a busy server).
-        let (s, stop, a) = (Arc::clone(&shared), stop_taking_rx.clone(), alive.clone());
-        consumers.push(watch.spawn("starter".into(), move || {
-            let _alive = a;
-            run_starter(&s, start_rx, stop)
-        }));
-        let (s, stop, a) = (Arc::clone(&shared), hard_stop_rx.clone(), alive.clone());
-        consumers.push(watch.spawn("completer".into(), move || {
-            let _alive = a;
-            run_completer(&s, done_rx, stop)
-        }));
-        drop(alive);
-
-        let mut others = Vec::new();
-        let p = CancellerPublisher::new(Arc::clone(&shared), cancel_tx);
-        let stop = stop_rest_rx.clone();
-        others.push(watch.spawn("publisher-canceller".into(), move || p.run(stop)));
-        for i in 0..cfg.canceller_consumers {
-            let shared = Arc::clone(&shared);
-            let (rx, stop) = (cancel_rx.clone(), stop_rest_rx.clone());
-            others.push(watch.spawn(format!("consumer-canceller-{i}"), move || {
-                consumer::canceller::run(shared, rx, stop)
-            }));
-        }
-        let w = Watcher::new(Arc::clone(&shared));
-        let stop = stop_rest_rx.clone();
-        others.push(watch.spawn("watcher".into(), move || w.run(stop)));
-        let stop = stop_rest_rx.clone();
-        others.push(watch.spawn("heartbeat".into(), move || heartbeat.run(stop)));
-        let r = Rescuer::new(Arc::clone(&shared));
-        let stop = stop_rest_rx.clone();
-        others.push(watch.spawn("rescuer".into(), move || r.run(stop)));
-        if let Some(retention) = cfg.retention {
-            let p = Pruner::new(Arc::clone(&shared), retention);
-            let stop = stop_rest_rx.clone();
-            others.push(watch.spawn("pruner".into(), move || p.run(stop)));
-        }
-        let s = Arc::clone(&shared);
-        others.push(watch.spawn("summary".into(), move || summary(s, jobs_rx, stop_rest_rx)));
-
+        let consumers = spawn_consumers(&parts, &signals, jobs_rx.clone(), room_tx, alive);
+        let mut others = spawn_cancellers(&parts, &signals);
+        others.extend(spawn_maintenance(&parts, &signals, heartbeat));
+        let summary = parts.summary(jobs_rx.clone());
+        let (rest, s) = (signals.rest.clone(), parts.summary(jobs_rx));
+        others.push(parts.watch.spawn("summary".into(), move || s.run(rest)));
         Service {
-            shared,
-            stop_claiming: Some(stop_claiming),
-            stop_taking: Some(stop_taking),
-            hard_stop: Some(hard_stop),
-            stop_rest: Some(stop_rest),
+            parts,
+            stops,
             jobs_publisher: Some(jobs_publisher),
             consumers,
             consumers_alive,
             others,
+            summary,
             http: None,
         }
-    }
-
-    /// The state the threads share (counters, registry, configuration).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     /// Runs until `stop` closes, then shuts down gracefully.
@@ -331,75 +306,81 @@ impl Service {
 
     /// Graceful shutdown; see the module docs for the order.
     pub fn shutdown(mut self) -> ShutdownReport {
-        let shared = Arc::clone(&self.shared);
-        shared.watch.set_stopping();
-        let deadline = Instant::now() + shared.config.shutdown_timeout;
+        let parts = self.parts.clone();
+        parts.watch.set_stopping();
+        let deadline = Instant::now() + parts.config.shutdown_timeout;
         let mut report = ShutdownReport::default();
 
-        drop(self.stop_claiming.take());
+        drop(self.stops.claiming.take());
         if let Some(h) = self.jobs_publisher.take() {
             let _ = h.join();
         }
-        drop(self.stop_taking.take());
-        report.released = release_queued(&shared, deadline);
+        drop(self.stops.taking.take());
+        report.released = release_queued(&parts, deadline);
         log::info!(
             "shutdown: put back {} waiting jobs; waiting up to {} for {} running",
             report.released,
-            humantime::format_duration(round_ms(
-                deadline.saturating_duration_since(Instant::now())
-            )),
-            shared.registry.len()
+            crate::config::show_duration(deadline.saturating_duration_since(Instant::now())),
+            parts.registry.len()
         );
+        (report.interrupted, report.stragglers) = self.drain_consumers(&parts, deadline);
+        // A consumer that took a job just as the first release ran may have
+        // left it QUEUED!: put those back too. Kept short: with
+        // SHUTDOWN_TIMEOUT and the grace above, the whole drain stays inside
+        // Kubernetes' 30 s by default.
+        report.released += release_queued(&parts, Instant::now() + Duration::from_secs(1));
 
+        drop(self.stops.rest.take());
+        for h in std::mem::take(&mut self.others) {
+            let _ = h.join();
+        }
+        let worker = &parts.config.worker_name;
+        if let Err(e) = parts
+            .db
+            .conn()
+            .and_then(|mut c| worker_remove(&mut c, worker))
+        {
+            log::warn!("shutdown: could not remove this worker's row: {e}");
+        }
+        log::info!(
+            "shutdown complete: {}",
+            self.summary.line(&Readings::default())
+        );
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
+        report
+    }
+
+    /// Waits for the consumers until `deadline`, then interrupts what still
+    /// runs and gives it [`INTERRUPT_GRACE`]; returns how many tasks were
+    /// interrupted and how many consumers were still running at the end.
+    fn drain_consumers(&mut self, parts: &Parts, deadline: Instant) -> (usize, usize) {
         let finished = select! {
             recv(self.consumers_alive) -> _ => true,
             recv(at(deadline)) -> _ => false,
         };
+        let mut interrupted = 0;
         if !finished {
-            report.interrupted = shared.registry.interrupt_all(Interrupt::Shutdown);
+            interrupted = parts.registry.interrupt_all(Interrupt::Shutdown);
             log::warn!(
-                "shutdown: SHUTDOWN_TIMEOUT passed; interrupted {} running jobs, marking them CANCELLED!",
-                report.interrupted
+                "shutdown: SHUTDOWN_TIMEOUT passed; interrupted {interrupted} running jobs, marking them CANCELLED!"
             );
             select! {
                 recv(self.consumers_alive) -> _ => {},
                 recv(at(Instant::now() + INTERRUPT_GRACE)) -> _ => {},
             }
         }
-        drop(self.hard_stop.take());
-        let consumers = std::mem::take(&mut self.consumers);
-        for h in consumers {
+        drop(self.stops.hard.take());
+        let mut stragglers = 0;
+        for h in std::mem::take(&mut self.consumers) {
             if h.is_finished() {
                 let _ = h.join();
             } else {
-                report.stragglers += 1;
+                stragglers += 1;
             }
         }
-        // A consumer that took a job just as the first release ran may have
-        // left it QUEUED!: put those back too.
-        // Kept short: with SHUTDOWN_TIMEOUT and the grace above, the whole
-        // drain stays inside Kubernetes' 30 s by default.
-        report.released += release_queued(&shared, Instant::now() + Duration::from_secs(1));
-
-        drop(self.stop_rest.take());
-        for h in std::mem::take(&mut self.others) {
-            let _ = h.join();
-        }
-        if let Err(e) = shared
-            .db
-            .conn()
-            .and_then(|mut c| worker_remove(&mut c, &shared.worker))
-        {
-            log::warn!("shutdown: could not remove this worker's row: {e}");
-        }
-        log::info!(
-            "shutdown complete: {}",
-            summary_line(&shared, &Totals::default())
-        );
-        if let Some(http) = self.http.take() {
-            http.stop();
-        }
-        report
+        (interrupted, stragglers)
     }
 }
 
@@ -407,99 +388,161 @@ impl Drop for Service {
     fn drop(&mut self) {
         // Dropping the senders stops every thread; a Service dropped without
         // shutdown() (a test that failed) must not leave threads running.
-        self.shared.watch.set_stopping();
-        self.stop_claiming.take();
-        self.stop_taking.take();
-        self.hard_stop.take();
-        self.stop_rest.take();
-        self.shared.registry.interrupt_all(Interrupt::Shutdown);
+        self.parts.watch.set_stopping();
+        self.stops.claiming.take();
+        self.stops.taking.take();
+        self.stops.hard.take();
+        self.stops.rest.take();
+        self.parts.registry.interrupt_all(Interrupt::Shutdown);
     }
 }
 
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
+/// Fails when the schema is missing or outdated; warns about the indexes
+/// this version replaced, which slow every write.
+fn check_schema(db: &Db) -> Result<(), DbError> {
+    let mut conn = db.conn()?;
+    crate::db::migrate::check(&mut conn)?;
+    let replaced = crate::db::migrate::replaced_indexes_left(&mut conn)?;
+    if !replaced.is_empty() {
+        log::warn!(
+            "jobs still has the indexes this version replaced ({}), which slow every \
+             write: once every replica runs this version, run \
+             `background-processing migrate --drop-replaced`",
+            replaced.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The jobs consumers, the starter and the finisher. They count among the
+/// consumers shutdown waits for: each holds `alive` until it ends, and the
+/// batch writers end once the last consumer is gone and what it sent is
+/// written.
+fn spawn_consumers(
+    parts: &Parts,
+    signals: &StopSignals,
+    jobs: Receiver<Job>,
+    room_freed: Sender<()>,
+    alive: Sender<()>,
+) -> Vec<JoinHandle<()>> {
+    let cfg = &parts.config;
+    let (finisher, finish) = Finisher::new(HeldConn::new(parts.db.clone()));
+    let (starter, start) = Starter::new(
+        cfg.as_ref().into(),
+        HeldConn::new(parts.db.clone()),
+        finish.clone(),
+    );
+    let shared = Shared {
+        tasks: parts.tasks.clone(),
+        bucket: Arc::clone(&parts.bucket),
+        registry: Arc::clone(&parts.registry),
+        db: parts.db.clone(),
+    };
+    let mut handles: Vec<JoinHandle<()>> = (0..cfg.job_consumers)
+        .map(|i| {
+            let ch = Channels {
+                jobs: jobs.clone(),
+                room_freed: room_freed.clone(),
+                stop_taking: signals.taking.clone(),
+                starter: start.for_consumer(i),
+                finisher: finish.clone(),
+            };
+            let consumer = Consumer::new(cfg.as_ref().into(), shared.clone(), ch);
+            let alive = alive.clone();
+            parts.watch.spawn(format!("consumer-jobs-{i}"), move || {
+                let _alive = alive;
+                consumer.run();
+            })
+        })
+        .collect();
+    drop((start, finish));
+    // One starter: measured, a second one only adds statements (each commit
+    // still waits for its own log flush on a busy server).
+    let (stop, a) = (signals.taking.clone(), alive.clone());
+    handles.push(parts.watch.spawn("starter".into(), move || {
+        let _alive = a;
+        starter.run(stop);
+    }));
+    let stop = signals.hard.clone();
+    handles.push(parts.watch.spawn("completer".into(), move || {
+        let _alive = alive;
+        finisher.run(stop);
+    }));
+    handles
+}
+
+/// The canceller publisher and its consumers.
+fn spawn_cancellers(parts: &Parts, signals: &StopSignals) -> Vec<JoinHandle<()>> {
+    let cfg = &parts.config;
+    let (cancel_tx, cancel_rx) = bounded(cfg.channel_capacity);
+    let publisher = CancellerPublisher::new(cfg.as_ref().into(), parts.db.clone(), cancel_tx);
+    let stop = signals.rest.clone();
+    let mut handles = vec![
+        parts
+            .watch
+            .spawn("publisher-canceller".into(), move || publisher.run(stop)),
+    ];
+    for i in 0..cfg.canceller_consumers {
+        let canceller = Canceller::new(
+            cfg.as_ref().into(),
+            parts.db.clone(),
+            Arc::clone(&parts.registry),
+        );
+        let (rx, stop) = (cancel_rx.clone(), signals.rest.clone());
+        handles.push(
+            parts
+                .watch
+                .spawn(format!("consumer-canceller-{i}"), move || {
+                    canceller.run(rx, stop)
+                }),
+        );
+    }
+    handles
+}
+
+/// The watcher, heartbeat, rescuer and (with a `RETENTION`) the pruner.
+fn spawn_maintenance(
+    parts: &Parts,
+    signals: &StopSignals,
+    heartbeat: Heartbeat,
+) -> Vec<JoinHandle<()>> {
+    let cfg = &parts.config;
+    let watcher = Watcher::new(parts.db.clone(), Arc::clone(&parts.registry));
+    let rescuer = Rescuer::new(
+        cfg.as_ref().into(),
+        parts.db.clone(),
+        Arc::clone(&parts.liveness),
+    );
+    let spawn = |name: &str, f: Box<dyn FnOnce(Receiver<()>) + Send>| {
+        let stop = signals.rest.clone();
+        parts.watch.spawn(name.into(), move || f(stop))
+    };
+    let mut handles = vec![
+        spawn("watcher", Box::new(move |stop| watcher.run(stop))),
+        spawn("heartbeat", Box::new(move |stop| heartbeat.run(stop))),
+        spawn("rescuer", Box::new(move |stop| rescuer.run(stop))),
+    ];
+    if let Some(pruner_cfg) = PrunerConfig::from_config(cfg) {
+        let pruner = Pruner::new(pruner_cfg, parts.db.clone());
+        handles.push(spawn("pruner", Box::new(move |stop| pruner.run(stop))));
+    }
+    handles
 }
 
 /// Puts this replica's `QUEUED!` jobs back, retrying until `deadline`.
-fn release_queued(shared: &Shared, deadline: Instant) -> u64 {
-    let mut backoff = Backoff::default();
-    loop {
-        match shared
-            .db
-            .conn()
-            .and_then(|mut c| job_release_queued(&mut c, &shared.worker))
-        {
-            Ok(n) => {
-                Metrics::add(&shared.metrics.released, n);
-                return n;
-            }
-            Err(e) => {
-                shared.db.health().failed("putting back waiting jobs", &e);
-                let wait = backoff.next_delay();
-                if Instant::now() + wait >= deadline {
-                    log::warn!(
-                        "shutdown: could not put back waiting jobs before the deadline: {e}"
-                    );
-                    return 0;
-                }
-                std::thread::sleep(wait);
-            }
+fn release_queued(parts: &Parts, deadline: Instant) -> u64 {
+    let worker = &parts.config.worker_name;
+    let released = Retry::new("putting back waiting jobs", parts.db.health())
+        .until(deadline)
+        .run(|| job_release_queued(&mut *parts.db.conn()?, worker));
+    match released {
+        Ok(n) => {
+            parts.db.metrics().add(Counter::Released, n);
+            n
         }
-    }
-}
-
-#[derive(Default, Clone, Copy)]
-struct Totals {
-    done: u64,
-    cancelled: u64,
-    failed: u64,
-    waited: Duration,
-}
-
-fn totals(shared: &Shared) -> Totals {
-    let m = &shared.metrics;
-    Totals {
-        done: Metrics::get(&m.done),
-        cancelled: Metrics::get(&m.cancelled),
-        failed: Metrics::get(&m.failed),
-        waited: shared.bucket.waited(),
-    }
-}
-
-fn summary_line(shared: &Shared, since: &Totals) -> String {
-    let now = totals(shared);
-    format!(
-        "done {}, cancelled {}, failed {}, running {}, waited for tokens {:.1}s; \
-         totals: claimed {}, done {}, released {}, rescued {}, lost {}, db retries {}",
-        now.done - since.done,
-        now.cancelled - since.cancelled,
-        now.failed - since.failed,
-        shared.registry.len(),
-        (now.waited.saturating_sub(since.waited)).as_secs_f64(),
-        Metrics::get(&shared.metrics.claimed),
-        now.done,
-        Metrics::get(&shared.metrics.released),
-        Metrics::get(&shared.metrics.rescued),
-        Metrics::get(&shared.metrics.lost),
-        shared.db.health().failures(),
-    )
-}
-
-/// Logs what happened in the last minute, every minute.
-fn summary(shared: Arc<Shared>, jobs: Receiver<Job>, stop: Receiver<()>) {
-    let ticker = tick(SUMMARY_INTERVAL);
-    let mut last = totals(&shared);
-    loop {
-        select! {
-            recv(stop) -> _ => return,
-            recv(ticker) -> _ => {
-                log::info!(
-                    "last minute: {}; waiting in channel {}",
-                    summary_line(&shared, &last),
-                    jobs.len()
-                );
-                last = totals(&shared);
-            }
+        Err(e) => {
+            log::warn!("shutdown: could not put back waiting jobs before the deadline: {e}");
+            0
         }
     }
 }

@@ -191,11 +191,12 @@ mod tests {
     #[test]
     fn a_stuck_task_ends_when_interrupted() {
         let registry = Registry::default();
-        let cancel = registry.start(1, 1);
+        let run = crate::job::Run { id: 1, lease: 1 };
+        let cancel = registry.start(run);
         std::thread::scope(|s| {
             s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(20));
-                registry.interrupt(1, None, Interrupt::Cancelled);
+                registry.interrupt(run, Interrupt::Cancelled);
             });
             assert_eq!(
                 SleepTask.run(&job(None), &cancel),

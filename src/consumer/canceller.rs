@@ -1,9 +1,10 @@
-//! The canceller consumers: write `CANCELLED!` for dead jobs and free the
+//! The canceller consumers: write `CANCELLED!` for dead runs and free the
 //! threads running them.
 //!
 //! Each cancellation is conditional on the run the publisher saw (id and
 //! lease, still `STARTED!`), and writes `cancelled_at` and `finished_at`
-//! equal, with the reason in `error`. If the task runs in this process it is
+//! equal, with the reason (naming the job's `timeout` or `JOB_TIMEOUT`,
+//! default 10s) in `error`. If the task runs in this process it is
 //! interrupted at once; if it runs on another replica, that replica's
 //! watcher interrupts it.
 
@@ -12,57 +13,95 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::cancel::Interrupt;
-use crate::consumer::write_until;
-use crate::db::jobs::{Dead, job_cancel};
-use crate::metrics::Metrics;
-use crate::service::Shared;
+use super::finisher::{Finish, Outcome, write_one};
+use crate::cancel::{Interrupt, Registry};
+use crate::config::Config;
+use crate::db::jobs::Dead;
+use crate::db::{Db, HeldConn};
+use crate::metrics::Counter;
 
-/// Cancels one dead job. Returns `Some(true)` if this call cancelled it,
-/// `Some(false)` if it had already ended or moved on, `None` if `stop`
-/// closed before the write landed.
-pub fn cancel_one(shared: &Shared, job: Dead, stop: &Receiver<()>) -> Option<bool> {
-    let (limit, source) = match job.timeout_ms {
-        Some(ms) => (Duration::from_millis(ms), "its timeout"),
-        None => (shared.config.job_timeout, "JOB_TIMEOUT"),
-    };
-    let reason = format!(
-        "cancelled: still running {} after it started ({source})",
-        humantime::format_duration(limit)
-    );
-    let cancelled = write_until(shared, "cancelling a job", stop, |conn| {
-        job_cancel(conn, job.id, job.lease, &reason)
-    })?;
-    if cancelled {
-        Metrics::add(&shared.metrics.cancelled, 1);
-        let here = shared
-            .registry
-            .interrupt(job.id, Some(job.lease), Interrupt::Cancelled);
-        log::info!(
-            "job {} cancelled: past {source}{}",
-            job.id,
-            if here {
-                "; its task here was interrupted"
-            } else {
-                ""
-            }
-        );
-    }
-    Some(cancelled)
+/// What a canceller consumer reads of the configuration.
+#[derive(Debug, Clone)]
+pub struct CancellerConfig {
+    /// The timeout of a job without one of its own (`JOB_TIMEOUT`), for the
+    /// reason it writes.
+    pub job_timeout: Duration,
 }
 
-/// One canceller consumer's loop: until the channel closes or `stop` does.
-pub fn run(shared: Arc<Shared>, rx: Receiver<Dead>, stop: Receiver<()>) {
-    loop {
-        let job = select! {
-            recv(stop) -> _ => return,
-            recv(rx) -> msg => match msg {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+impl From<&Config> for CancellerConfig {
+    fn from(c: &Config) -> Self {
+        CancellerConfig {
+            job_timeout: c.job_timeout,
+        }
+    }
+}
+
+/// A canceller consumer.
+pub struct Canceller {
+    cfg: CancellerConfig,
+    db: Db,
+    registry: Arc<Registry>,
+}
+
+impl Canceller {
+    /// A canceller writing to `db` and interrupting tasks in `registry`.
+    pub fn new(cfg: CancellerConfig, db: Db, registry: Arc<Registry>) -> Canceller {
+        Canceller { cfg, db, registry }
+    }
+
+    /// Cancels one dead run. Returns `Some(true)` if this call cancelled it,
+    /// `Some(false)` if it had already ended or moved on, `None` if `stop`
+    /// closed before the write landed.
+    pub fn cancel_one(&self, dead: Dead, stop: &Receiver<()>) -> Option<bool> {
+        let (limit, source) = match dead.timeout_ms {
+            Some(ms) => (Duration::from_millis(ms), "its timeout"),
+            None => (self.cfg.job_timeout, "JOB_TIMEOUT"),
         };
-        if cancel_one(&shared, job, &stop).is_none() {
-            return;
+        let reason = format!(
+            "cancelled: still running {} after it started ({source})",
+            crate::config::show_duration(limit)
+        );
+        let finish = Finish {
+            run: dead.run,
+            outcome: Outcome::Cancelled(reason),
+        };
+        let cancelled = match write_one(&mut HeldConn::new(self.db.clone()), &finish, stop) {
+            Ok(cancelled) => cancelled,
+            Err(e) => {
+                log::warn!("{}: cancelling it: {e}", dead.run);
+                return None;
+            }
+        };
+        if cancelled {
+            self.db.metrics().add(Counter::Cancelled, 1);
+            let here = self.registry.interrupt(dead.run, Interrupt::Cancelled);
+            log::info!(
+                "job {} cancelled: past {source}{}",
+                dead.run.id,
+                if here {
+                    "; its task here was interrupted"
+                } else {
+                    ""
+                }
+            );
+        }
+        Some(cancelled)
+    }
+
+    /// One canceller consumer's loop: until the channel closes or `stop`
+    /// does.
+    pub fn run(self, rx: Receiver<Dead>, stop: Receiver<()>) {
+        loop {
+            let dead = select! {
+                recv(stop) -> _ => return,
+                recv(rx) -> msg => match msg {
+                    Ok(dead) => dead,
+                    Err(_) => return,
+                },
+            };
+            if self.cancel_one(dead, &stop).is_none() {
+                return;
+            }
         }
     }
 }

@@ -5,41 +5,63 @@
 //! 1. finds the task registered for the row's `kind` and lets it check the
 //!    input; an unknown kind or bad input (a negative `sleep`) becomes
 //!    `FAILED!` with the reason, without ever starting;
-//! 2. takes a token from the replica's bucket (`RATE_LIMIT`);
-//! 3. commits `STARTED!` and `started_at` before the task begins, on
-//!    condition that its claim (lease) still holds: a job starts at most
-//!    once, even across crashes (the [`Starter`] writes the starts of all
-//!    consumers waiting at that moment in one statement);
+//! 2. takes a token from the replica's bucket (`RATE_LIMIT`, default 50/s);
+//! 3. has the [`starter`](super::starter) commit `STARTED!` and
+//!    `started_at`, on condition that its claim (lease) still holds, and
+//!    waits for that before the task begins: a job starts at most once, even
+//!    across crashes;
 //! 4. runs the task with a [`Cancellation`](crate::cancel::Cancellation) the
 //!    canceller, the watcher or the shutdown deadline can trigger; a panic
 //!    in the task becomes `FAILED!` with the panic message and the thread
 //!    carries on;
-//! 5. writes the outcome (`DONE!` through the [`Completer`], in batches; back to new with `run_at` pushed out
-//!    for a retryable error with attempts left; `FAILED!`; or `CANCELLED!`
-//!    after a shutdown interrupt), again conditional on its lease, retrying
-//!    through database outages until it lands or the claim is found lost.
+//! 5. hands the [`Outcome`] to the [`finisher`](super::finisher) and takes
+//!    the next job at once.
 //!
 //! On shutdown (`stop_taking` closes) a consumer takes no new job; a job it
 //! had taken but not started stays `QUEUED!` and the shutdown release puts
-//! it back. Writes in flight give up only when `hard_stop` closes.
+//! it back.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 
-use crate::batch::{Completer, Started, Starter};
-use crate::cancel::Interrupt;
-use crate::consumer::{closed, write_until};
-use crate::db::jobs::{Job, job_cancel, job_fail, job_retry, jobs_in_status, status};
-use crate::db::{DbError, PooledConn};
-use crate::metrics::Metrics;
-use crate::publisher::jobs::wake_publisher;
-use crate::service::Shared;
-use crate::task::{JobContext, TaskError};
+use super::finisher::{FinisherHandle, Outcome};
+use super::outcome::{Ended, judge, panic_message};
+use super::starter::{StartHandle, Started};
+use crate::bucket::Bucket;
+use crate::cancel::Registry;
+use crate::config::Config;
+use crate::db::Db;
+use crate::job::Job;
+use crate::metrics::Counter;
+use crate::runtime::channel::wants_refill;
+use crate::task::{JobContext, Task, Tasks};
 
-/// The channels a jobs consumer works with.
+/// What a jobs consumer reads of the configuration.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Attempts a job gets when its `max_attempts` is NULL (`MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// The first retry's delay (`RETRY_BACKOFF`).
+    pub retry_backoff: Duration,
+    /// Named in the reason of a run cancelled at the shutdown deadline
+    /// (`SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: Duration,
+}
+
+impl From<&Config> for ConsumerConfig {
+    fn from(c: &Config) -> Self {
+        ConsumerConfig {
+            max_attempts: c.max_attempts,
+            retry_backoff: c.retry_backoff,
+            shutdown_timeout: c.shutdown_timeout,
+        }
+    }
+}
+
+/// The channels and handles a jobs consumer works with.
 pub struct Channels {
     /// Claimed jobs.
     pub jobs: Receiver<Job>,
@@ -47,19 +69,30 @@ pub struct Channels {
     pub room_freed: Sender<()>,
     /// Closes when the service stops taking jobs.
     pub stop_taking: Receiver<()>,
-    /// Closes when in-flight writes must give up.
-    pub hard_stop: Receiver<()>,
     /// Writes `STARTED!` for the waiting consumers together.
-    pub starter: Starter,
-    /// Writes `DONE!` for finished jobs in batches.
-    pub completer: Completer,
+    pub starter: StartHandle,
+    /// Writes every run's outcome.
+    pub finisher: FinisherHandle,
+}
+
+/// What a consumer shares with the rest of the replica.
+#[derive(Clone)]
+pub struct Shared {
+    /// The registered task kinds.
+    pub tasks: Tasks,
+    /// The replica's token bucket.
+    pub bucket: Arc<Bucket>,
+    /// The tasks running in this process.
+    pub registry: Arc<Registry>,
+    /// The pool, handed to tasks (and counted into).
+    pub db: Db,
 }
 
 /// What happened to one job in this consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handled {
-    /// Ran and ended with this outcome (written, or found lost).
-    Ran(Outcome),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// It ran (its outcome is on its way to the finisher).
+    Ran,
     /// Bad input: `FAILED!` without starting.
     Rejected,
     /// Its claim was lost before it could start (released or rescued).
@@ -68,277 +101,170 @@ pub enum Handled {
     NotStarted,
 }
 
-/// One consumer's loop.
-pub fn run(shared: Arc<Shared>, ch: Channels) {
-    loop {
-        if closed(&ch.stop_taking) {
-            return;
-        }
-        if ch.jobs.is_empty() {
-            ch.starter.away();
-        }
-        let job = select! {
-            recv(ch.stop_taking) -> _ => return,
-            recv(ch.jobs) -> msg => match msg {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        if wake_publisher(&ch.jobs) {
-            let _ = ch.room_freed.try_send(());
-        }
-        if handle(&shared, job, &ch) == Handled::NotStarted {
-            return;
+/// One jobs consumer.
+pub struct Consumer {
+    cfg: ConsumerConfig,
+    shared: Shared,
+    ch: Channels,
+}
+
+impl Consumer {
+    /// A consumer taking jobs from `ch.jobs`.
+    pub fn new(cfg: ConsumerConfig, shared: Shared, ch: Channels) -> Consumer {
+        Consumer { cfg, shared, ch }
+    }
+
+    /// Takes and runs jobs until the service stops taking them.
+    pub fn run(self) {
+        while let Some(job) = self.take() {
+            if wants_refill(&self.ch.jobs) {
+                let _ = self.ch.room_freed.try_send(());
+            }
+            if self.handle(job) == Handled::NotStarted {
+                return;
+            }
         }
     }
-}
 
-/// How a run ended, as the consumer writes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The task succeeded: `DONE!`.
-    Done,
-    /// The task was interrupted: by a cancellation (the row already says
-    /// so) or by shutdown (`CANCELLED!` with the reason).
-    Interrupted(Interrupt),
-    /// A retryable error with attempts left: back to new after `delay`.
-    Retry {
-        /// The attempt's error, as written.
-        reason: String,
-        /// How long before it may be claimed again.
-        delay: Duration,
-    },
-    /// `FAILED!` with the reason.
-    Failed(String),
-}
+    /// The next job, or `None` once the service stops taking jobs.
+    fn take(&self) -> Option<Job> {
+        if matches!(
+            self.ch.stop_taking.try_recv(),
+            Err(TryRecvError::Disconnected)
+        ) {
+            return None;
+        }
+        if self.ch.jobs.is_empty() {
+            self.ch.starter.before_wait();
+        }
+        select! {
+            recv(self.ch.stop_taking) -> _ => None,
+            recv(self.ch.jobs) -> msg => msg.ok(),
+        }
+    }
 
-/// Runs one job through the steps above.
-pub fn handle(shared: &Shared, job: Job, ch: &Channels) -> Handled {
-    let m = &shared.metrics;
-    let ctx = JobContext {
-        id: job.id,
-        object_id: job.object_id,
-        sleep: job.sleep,
-        kind: job.kind.clone(),
-        payload: job.payload.clone(),
-        attempt: job.attempts.saturating_add(1),
-        max_attempts: job
-            .max_attempts
-            .unwrap_or(shared.config.max_attempts)
-            .max(1),
-        db: shared.db.clone(),
-    };
-    let checked = match shared.tasks.get(&job.kind) {
-        None => Err(format!(
-            "unknown task kind {:?}: this service runs {}",
-            job.kind,
-            shared.tasks.kinds().join(", ")
-        )),
-        Some(task) => catch_unwind(AssertUnwindSafe(|| task.validate(&ctx)))
+    /// Runs one job through the steps in the module docs.
+    fn handle(&self, job: Job) -> Handled {
+        let ctx = self.context(&job);
+        let task = match self.check(&job, &ctx) {
+            Ok(task) => task,
+            Err(reason) => return self.reject(&job, reason),
+        };
+        if !self.token() {
+            return Handled::NotStarted;
+        }
+        match self.ch.starter.start(job.run()) {
+            Started::Yes => {}
+            Started::Lost => return self.lost(&job, "starting"),
+            Started::Failed(_) => return Handled::Rejected,
+            Started::Stopped => return Handled::NotStarted,
+        }
+        let ended = self.execute(&job, task.as_ref(), &ctx);
+        if let Some(outcome) = judge(
+            &ctx,
+            ended,
+            self.cfg.retry_backoff,
+            self.cfg.shutdown_timeout,
+        ) {
+            self.report(&job, &outcome);
+            self.ch.finisher.finish(job.run(), outcome);
+        }
+        Handled::Ran
+    }
+
+    fn context(&self, job: &Job) -> JobContext {
+        JobContext {
+            id: job.id,
+            object_id: job.object_id,
+            sleep: job.sleep,
+            kind: job.kind.clone(),
+            payload: job.payload.clone(),
+            attempt: job.attempts.saturating_add(1),
+            max_attempts: job.max_attempts.unwrap_or(self.cfg.max_attempts).max(1),
+            db: self.shared.db.clone(),
+        }
+    }
+
+    /// The task for the job's kind, once it accepted the job's input.
+    fn check(&self, job: &Job, ctx: &JobContext) -> Result<Arc<dyn Task>, String> {
+        let tasks = &self.shared.tasks;
+        let Some(task) = tasks.get(&job.kind) else {
+            return Err(format!(
+                "unknown task kind {:?}: this service runs {}",
+                job.kind,
+                tasks.kinds().join(", ")
+            ));
+        };
+        catch_unwind(AssertUnwindSafe(|| task.validate(ctx)))
             .unwrap_or_else(|panic| {
                 Err(format!(
                     "task validation panicked: {}",
                     panic_message(&*panic)
                 ))
             })
-            .map(|()| task),
-    };
-    let task = match checked {
-        Ok(task) => task,
-        Err(reason) => return reject(shared, &job, ch, &reason),
-    };
-    let token = shared.bucket.try_take().is_ok() || {
-        ch.starter.away();
-        shared.bucket.take(&ch.stop_taking)
-    };
-    if !token || closed(&ch.stop_taking) {
-        return Handled::NotStarted;
-    }
-    // Wait until this job's STARTED! is committed (with whatever other
-    // consumers are starting at the same moment).
-    match ch.starter.start(&job) {
-        Some(Started::Yes) => {}
-        Some(Started::Lost) => return lost(shared, &job, "starting"),
-        Some(Started::Failed(_)) => return Handled::Rejected,
-        None => return Handled::NotStarted,
+            .map(|()| Arc::clone(task))
     }
 
-    let cancel = shared.registry.start(job.id, job.lease);
-    let result = catch_unwind(AssertUnwindSafe(|| task.run(&ctx, &cancel)));
-    shared.metrics.observe_run(shared.registry.finish(job.id));
-    let outcome = judge(shared, &ctx, result, cancel.interrupted());
+    /// Takes a token, waiting if needed; `false` if the service stopped
+    /// taking jobs meanwhile.
+    fn token(&self) -> bool {
+        let bucket = &self.shared.bucket;
+        let taken = bucket.try_take().is_ok() || {
+            self.ch.starter.before_wait();
+            bucket.take(&self.ch.stop_taking)
+        };
+        taken
+            && !matches!(
+                self.ch.stop_taking.try_recv(),
+                Err(TryRecvError::Disconnected)
+            )
+    }
 
-    let written = match &outcome {
-        Outcome::Done => {
-            // Written with the next batch; counted there.
-            ch.completer.done(&job);
-            return Handled::Ran(outcome);
+    /// Runs the task under the registry's watch.
+    fn execute(&self, job: &Job, task: &dyn Task, ctx: &JobContext) -> Ended {
+        let registry = &self.shared.registry;
+        let cancel = registry.start(job.run());
+        let result = catch_unwind(AssertUnwindSafe(|| task.run(ctx, &cancel)));
+        self.shared
+            .db
+            .metrics()
+            .observe_run(registry.finish(job.id));
+        match cancel.interrupted() {
+            Some(why) => Ended::Interrupted(why),
+            None => Ended::Returned(result),
         }
-        Outcome::Retry { reason, delay } => {
-            log::info!(
+    }
+
+    /// Says what happened, where it is worth a line.
+    fn report(&self, job: &Job, outcome: &Outcome) {
+        match outcome {
+            Outcome::Retry { reason, delay } => log::info!(
                 "job {} will be retried in {}: {reason}",
                 job.id,
-                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-            );
-            write_until(
-                shared,
-                "putting a job back for a retry",
-                &ch.hard_stop,
-                |c| job_retry(c, job.id, job.lease, reason, *delay),
-            )
-            .map(|ok| (ok, &m.retried))
+                crate::config::show_duration(*delay)
+            ),
+            Outcome::Failed(reason) => log::warn!("job {} failed: {reason}", job.id),
+            _ => {}
         }
-        Outcome::Failed(reason) => {
-            log::warn!("job {} failed: {reason}", job.id);
-            transition(
-                shared,
-                "failing a job",
-                &ch.hard_stop,
-                &job,
-                status::FAILED,
-                |c| job_fail(c, job.id, job.lease, status::STARTED, reason),
-            )
-            .map(|ok| (ok, &m.failed))
-        }
-        // The canceller (here or elsewhere) already wrote the row.
-        Outcome::Interrupted(Interrupt::Cancelled) => return Handled::Ran(outcome),
-        Outcome::Interrupted(Interrupt::Shutdown) => {
-            let reason = format!(
-                "cancelled: interrupted by shutdown, still running SHUTDOWN_TIMEOUT ({}) after the stop signal",
-                humantime::format_duration(shared.config.shutdown_timeout)
-            );
-            transition(
-                shared,
-                "cancelling a job at shutdown",
-                &ch.hard_stop,
-                &job,
-                status::CANCELLED,
-                |c| job_cancel(c, job.id, job.lease, &reason),
-            )
-            .map(|ok| (ok, &m.cancelled))
-        }
-    };
-    match written {
-        Some((true, counter)) => Metrics::add(counter, 1),
-        Some((false, _)) => {
-            lost(shared, &job, "finishing");
-        }
-        None => log::warn!(
-            "job {}: gave up writing its outcome ({outcome:?}) at shutdown; the canceller will cancel it",
-            job.id
-        ),
     }
-    Handled::Ran(outcome)
-}
 
-/// Turns what the task returned (or its panic) into the outcome to write.
-/// An interrupt wins over whatever the task returned: the run was ended
-/// from outside.
-pub fn judge(
-    shared: &Shared,
-    ctx: &JobContext,
-    result: std::thread::Result<Result<(), TaskError>>,
-    interrupted: Option<Interrupt>,
-) -> Outcome {
-    if let Some(why) = interrupted {
-        return Outcome::Interrupted(why);
+    /// Fails a job that cannot start (unknown kind, bad input) without ever
+    /// starting it.
+    fn reject(&self, job: &Job, reason: String) -> Handled {
+        log::warn!("job {} failed: {reason}", job.id);
+        self.ch
+            .finisher
+            .finish(job.run(), Outcome::Rejected(reason));
+        Handled::Rejected
     }
-    let attempt = format!("attempt {}/{}", ctx.attempt, ctx.max_attempts);
-    match result {
-        Ok(Ok(())) => Outcome::Done,
-        Ok(Err(TaskError::Retryable(msg))) if ctx.attempt < ctx.max_attempts => Outcome::Retry {
-            reason: format!("{attempt}: {msg}"),
-            delay: retry_delay(shared.config.retry_backoff, ctx.attempt),
-        },
-        Ok(Err(TaskError::Retryable(msg) | TaskError::Permanent(msg))) => {
-            Outcome::Failed(format!("{attempt}: {msg}"))
-        }
-        Ok(Err(TaskError::Interrupted)) => Outcome::Failed(format!(
-            "{attempt}: the task reported an interrupt, but nothing interrupted it"
-        )),
-        Err(panic) => Outcome::Failed(format!(
-            "{attempt}: task panicked: {}",
-            panic_message(&*panic)
-        )),
-    }
-}
 
-/// Delay before retrying after failed attempt number `attempt` (from 1):
-/// `base` doubled for each attempt before, capped at [`RETRY_BACKOFF_CAP`],
-/// with "equal" jitter: until the cap, a later delay is never shorter than
-/// an earlier one.
-pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(RETRY_BACKOFF_CAP);
-    crate::outage::equal_jitter(exp)
-}
-
-/// The longest delay between two attempts.
-pub const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(3600);
-
-/// Writes one transition of `job` until it lands (see [`write_until`]).
-/// When a retry finds nothing to change, it may be meeting its own earlier
-/// attempt, committed just before the connection broke: if the row already
-/// holds `target` under this lease, that attempt counts as landed.
-fn transition(
-    shared: &Shared,
-    what: &str,
-    stop: &Receiver<()>,
-    job: &Job,
-    target: &str,
-    mut write: impl FnMut(&mut PooledConn) -> Result<bool, DbError>,
-) -> Option<bool> {
-    let mut tries = 0;
-    write_until(shared, what, stop, |c| {
-        tries += 1;
-        if write(c)? {
-            return Ok(true);
-        }
-        if tries == 1 {
-            return Ok(false);
-        }
-        Ok(!jobs_in_status(c, &[(job.id, job.lease)], target)?.is_empty())
-    })
-}
-
-/// Fails a job that cannot start (unknown kind, bad input) without ever
-/// starting it.
-fn reject(shared: &Shared, job: &Job, ch: &Channels, reason: &str) -> Handled {
-    log::warn!("job {} failed: {reason}", job.id);
-    match transition(
-        shared,
-        "failing a job",
-        &ch.hard_stop,
-        job,
-        status::FAILED,
-        |c| job_fail(c, job.id, job.lease, status::QUEUED, reason),
-    ) {
-        Some(true) => {
-            Metrics::add(&shared.metrics.failed, 1);
-            Handled::Rejected
-        }
-        Some(false) => lost(shared, job, "failing"),
-        None => Handled::NotStarted,
-    }
-}
-
-fn lost(shared: &Shared, job: &Job, doing: &str) -> Handled {
-    Metrics::add(&shared.metrics.lost, 1);
-    log::info!(
-        "job {}: {doing} refused, this replica no longer holds it (lease {}): it was released, rescued or cancelled",
-        job.id,
-        job.lease
-    );
-    Handled::Lost
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
+    fn lost(&self, job: &Job, doing: &str) -> Handled {
+        self.shared.db.metrics().add(Counter::Lost, 1);
+        log::info!(
+            "job {}: {doing} refused, this replica no longer holds it (lease {}): it was released, rescued or cancelled",
+            job.id,
+            job.lease
+        );
+        Handled::Lost
     }
 }

@@ -10,10 +10,11 @@
 //! replicas still claim through them); `migrate --drop-replaced`, once every
 //! replica runs this version, drops them (each index costs every write).
 
-use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder};
+use mysql::{Opts, OptsBuilder};
 
-use super::{DbError, DbResult};
+use super::error::{DbError, DbResult};
+use super::pool::{Connection, opts_from_url};
+use super::row::first;
 
 /// The schema, embedded in the binary.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
@@ -91,27 +92,27 @@ pub fn schema_statements() -> Vec<String> {
 /// privilege to; skipped when it exists), then applies the schema; with
 /// `drop_replaced`, also drops the indexes this version replaced.
 pub fn migrate(url: &str, drop_replaced: bool) -> DbResult<MigrateReport> {
-    let opts = super::opts_from_url(url)?;
+    let opts = opts_from_url(url)?;
     let target: Opts = opts.clone().into();
     let db_name = target
         .get_db_name()
         .ok_or_else(|| DbError::Schema("DATABASE_URL names no database".into()))?
         .to_string();
     let mut report = MigrateReport::default();
-    let mut conn = match Conn::new(opts.clone()) {
+    let mut conn = match Connection::open(opts.clone()) {
         Ok(conn) => conn,
-        Err(mysql::Error::MySqlError(e)) if e.code == 1049 => {
+        Err(e) if e.is_unknown_database() => {
             // ER_BAD_DB_ERROR: connect without a database and create it.
             let mut server =
-                Conn::new(OptsBuilder::from_opts(target.clone()).db_name(None::<String>))?;
+                Connection::open(OptsBuilder::from_opts(target.clone()).db_name(None::<String>))?;
             server.query_drop(format!(
                 "CREATE DATABASE IF NOT EXISTS `{}`",
                 db_name.replace('`', "``")
             ))?;
             report.created_database = true;
-            Conn::new(opts)?
+            Connection::open(opts)?
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     apply(&mut conn, &mut report, drop_replaced)?;
     Ok(report)
@@ -134,13 +135,18 @@ pub struct MigrateReport {
 
 /// Applies the schema on an open connection; with `drop_replaced`, drops
 /// the indexes this version replaced too.
-pub fn apply(conn: &mut Conn, report: &mut MigrateReport, drop_replaced: bool) -> DbResult<()> {
+pub fn apply(
+    conn: &mut Connection,
+    report: &mut MigrateReport,
+    drop_replaced: bool,
+) -> DbResult<()> {
     for statement in schema_statements() {
         conn.query_drop(statement)?;
     }
-    let columns: Vec<String> = conn.query(
+    let columns: Vec<String> = conn.query_rows(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
+        first,
     )?;
     for (name, definition) in ADDED_COLUMNS {
         if !columns.iter().any(|c| c.eq_ignore_ascii_case(name)) {
@@ -179,16 +185,17 @@ pub fn apply(conn: &mut Conn, report: &mut MigrateReport, drop_replaced: bool) -
 }
 
 /// The indexes of `jobs`.
-fn index_names(conn: &mut Conn) -> DbResult<Vec<String>> {
-    Ok(conn.query(
+fn index_names(conn: &mut Connection) -> DbResult<Vec<String>> {
+    conn.query_rows(
         "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
-    )?)
+        first,
+    )
 }
 
 /// The indexes this version replaced that are still on `jobs` (`run` warns
 /// about them: they slow every write).
-pub fn replaced_indexes_left(conn: &mut Conn) -> DbResult<Vec<String>> {
+pub fn replaced_indexes_left(conn: &mut Connection) -> DbResult<Vec<String>> {
     let indexes = index_names(conn)?;
     Ok(REPLACED_INDEXES
         .iter()
@@ -199,24 +206,25 @@ pub fn replaced_indexes_left(conn: &mut Conn) -> DbResult<Vec<String>> {
 
 /// Several replicas may migrate at once (an init container per pod): if
 /// another got there between our check and our ALTER, the column or index
-/// is already as wanted (duplicate column 1060, duplicate key 1061, nothing
-/// to drop 1091).
-fn tolerate_race(result: Result<(), mysql::Error>) -> DbResult<()> {
+/// is already as wanted.
+fn tolerate_race(result: DbResult<()>) -> DbResult<()> {
     match result {
-        Err(mysql::Error::MySqlError(e)) if matches!(e.code, 1060 | 1061 | 1091) => Ok(()),
-        other => Ok(other?),
+        Err(e) if e.is_schema_already_changed() => Ok(()),
+        other => other,
     }
 }
 
 /// Fails with a clear message when the tables `run` needs are missing.
-pub fn check(conn: &mut Conn) -> DbResult<()> {
-    let tables: Vec<String> = conn.query(
+pub fn check(conn: &mut Connection) -> DbResult<()> {
+    let tables: Vec<String> = conn.query_rows(
         "SELECT TABLE_NAME FROM information_schema.TABLES \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('jobs', 'workers')",
+        first,
     )?;
-    let columns: Vec<String> = conn.query(
+    let columns: Vec<String> = conn.query_rows(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
+        first,
     )?;
     let missing_table = ["jobs", "workers"]
         .into_iter()

@@ -1,9 +1,8 @@
 //! Read-only queries behind the `stats` command.
 
-use mysql::Conn;
-use mysql::prelude::Queryable;
-
-use super::DbResult;
+use super::error::DbResult;
+use super::pool::Connection;
+use super::row::col;
 
 /// What `stats` reports, read from the database.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,28 +18,51 @@ pub struct Snapshot {
     pub workers: Vec<(String, f64)>,
 }
 
+/// `(status, count)` rows.
+fn counts<S: mysql::prelude::FromValue>(
+    conn: &mut Connection,
+    sql: &str,
+) -> DbResult<Vec<(S, u64)>> {
+    conn.query_rows(sql, |mut row| {
+        Ok((col(&mut row, "status")?, col(&mut row, "n")?))
+    })
+}
+
 /// Reads a [`Snapshot`].
-pub fn stats_snapshot(conn: &mut Conn) -> DbResult<Snapshot> {
-    let by_status: Vec<(Option<String>, u64)> =
-        conn.query("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")?;
-    let oldest_waiting: Option<(u64, i64)> = conn.query_first(
-        "SELECT id, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) FROM jobs \
-         WHERE is_new = 1 ORDER BY id LIMIT 1",
+pub fn stats_snapshot(conn: &mut Connection) -> DbResult<Snapshot> {
+    let by_status = counts(
+        conn,
+        "SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status",
     )?;
-    let last_minute: Vec<(String, u64)> = conn.query(
-        "SELECT status, COUNT(*) FROM jobs WHERE final_at >= NOW(6) - INTERVAL 1 MINUTE \
+    let oldest_waiting: Vec<(u64, f64)> = conn.query_rows(
+        "SELECT id, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS age_us FROM jobs \
+         WHERE is_new = 1 ORDER BY id LIMIT 1",
+        |mut row| {
+            Ok((
+                col(&mut row, "id")?,
+                col::<i64>(&mut row, "age_us")? as f64 / 1e6,
+            ))
+        },
+    )?;
+    let last_minute = counts(
+        conn,
+        "SELECT status, COUNT(*) AS n FROM jobs WHERE final_at >= NOW(6) - INTERVAL 1 MINUTE \
          GROUP BY status ORDER BY status",
     )?;
-    let workers: Vec<(String, i64)> = conn.query(
-        "SELECT name, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, NOW(6)) FROM workers ORDER BY name",
+    let workers = conn.query_rows(
+        "SELECT name, TIMESTAMPDIFF(MICROSECOND, heartbeat_at, NOW(6)) AS age_us FROM workers \
+         ORDER BY name",
+        |mut row| {
+            Ok((
+                col(&mut row, "name")?,
+                col::<i64>(&mut row, "age_us")? as f64 / 1e6,
+            ))
+        },
     )?;
     Ok(Snapshot {
         by_status,
-        oldest_waiting: oldest_waiting.map(|(id, us)| (id, us as f64 / 1e6)),
+        oldest_waiting: oldest_waiting.into_iter().next(),
         last_minute,
-        workers: workers
-            .into_iter()
-            .map(|(n, us)| (n, us as f64 / 1e6))
-            .collect(),
+        workers,
     })
 }

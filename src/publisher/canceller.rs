@@ -1,47 +1,64 @@
-//! The canceller publisher: finds dead jobs and hands them to the canceller
-//! consumers.
+//! The canceller publisher: finds dead runs and hands them to the canceller
+//! consumers ([`crate::consumer::canceller`]).
 //!
-//! Every `CANCELLER_POLL_INTERVAL` it looks for jobs still `STARTED!` more
-//! than `JOB_TIMEOUT` after they started, on any replica, and sends as many
-//! as the cancel channel has room for. The consumers
-//! ([`crate::consumer::canceller`]) write `CANCELLED!` conditionally, so two
-//! replicas' cancellers finding the same job cancel it once.
+//! Every `CANCELLER_POLL_INTERVAL` (default 2s) it looks for jobs still
+//! `STARTED!` past their deadline (the job's own `timeout`, else
+//! `JOB_TIMEOUT`, default 10s), on any replica, and sends as many as the
+//! cancel channel (`CHANNEL_CAPACITY`) has room for. The consumers write
+//! `CANCELLED!` conditionally, so two replicas' cancellers finding the same
+//! job cancel it once.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, never};
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::db::DbResult;
+use crate::config::Config;
+use crate::db::Db;
+use crate::db::error::DbResult;
 use crate::db::jobs::{Dead, job_find_dead};
-use crate::publisher::{free_room, tick_loop};
-use crate::service::Shared;
+use crate::runtime::channel::free_room;
+use crate::runtime::tick::TickLoop;
+
+/// What the canceller publisher reads of the configuration.
+#[derive(Debug, Clone)]
+pub struct CancellerPublisherConfig {
+    /// A run without a timeout of its own is dead this long after it
+    /// started (`JOB_TIMEOUT`).
+    pub job_timeout: Duration,
+    /// How often it looks (`CANCELLER_POLL_INTERVAL`).
+    pub poll_interval: Duration,
+}
+
+impl From<&Config> for CancellerPublisherConfig {
+    fn from(c: &Config) -> Self {
+        CancellerPublisherConfig {
+            job_timeout: c.job_timeout,
+            poll_interval: c.canceller_poll_interval,
+        }
+    }
+}
 
 /// The canceller publisher.
 pub struct CancellerPublisher {
-    shared: Arc<Shared>,
+    cfg: CancellerPublisherConfig,
+    db: Db,
     tx: Sender<Dead>,
 }
 
 impl CancellerPublisher {
-    /// A publisher feeding `tx`.
-    pub fn new(shared: Arc<Shared>, tx: Sender<Dead>) -> CancellerPublisher {
-        CancellerPublisher { shared, tx }
+    /// A publisher reading `db` and feeding `tx`.
+    pub fn new(cfg: CancellerPublisherConfig, db: Db, tx: Sender<Dead>) -> CancellerPublisher {
+        CancellerPublisher { cfg, db, tx }
     }
 
-    /// One scan: sends dead jobs to the channel; returns how many.
+    /// One scan: sends dead runs to the channel; returns how many.
     pub fn run_once(&self) -> DbResult<usize> {
         let room = free_room(&self.tx);
-        let dead = {
-            let mut conn = self.shared.db.conn()?;
-            job_find_dead(&mut conn, self.shared.config.job_timeout, room)?
-        };
-        let mut sent = 0;
-        for job in dead {
-            if self.tx.try_send(job).is_err() {
-                break;
-            }
-            sent += 1;
-        }
+        let dead = job_find_dead(&mut *self.db.conn()?, self.cfg.job_timeout, room)?;
+        let sent = dead
+            .into_iter()
+            .take_while(|job| self.tx.try_send(*job).is_ok())
+            .count();
         if sent > 0 {
             log::debug!("found {sent} jobs past JOB_TIMEOUT");
         }
@@ -50,14 +67,12 @@ impl CancellerPublisher {
 
     /// Scans on every tick until `stop` closes.
     pub fn run(self, stop: Receiver<()>) {
-        let shared = Arc::clone(&self.shared);
-        tick_loop(
-            &shared,
-            "finding dead jobs",
-            shared.config.canceller_poll_interval,
-            &stop,
-            &never(),
-            |_| self.run_once().map(|_| false),
-        );
+        let ticks = TickLoop {
+            what: "finding dead jobs",
+            interval: self.cfg.poll_interval,
+            stop: &stop,
+            health: self.db.health(),
+        };
+        ticks.run(|| self.run_once().map(drop));
     }
 }

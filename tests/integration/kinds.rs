@@ -2,14 +2,14 @@
 //! retention, in process: custom [`Task`]s registered through
 //! [`Tasks`] and run by [`Service::start`] against a real database per test.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use background_processing::cancel::Cancellation;
 use background_processing::config::Config;
+use background_processing::db::Db;
 use background_processing::db::jobs::job_prune;
-use background_processing::publisher::pruner::{BATCH, Pruner};
-use background_processing::service::{Service, Shared};
+use background_processing::maintenance::pruner::{BATCH, Pruner, PrunerConfig};
+use background_processing::service::Service;
 use background_processing::task::{JobContext, Task, TaskError, Tasks};
 use crossbeam_channel::bounded;
 use mysql::prelude::{FromRow, Queryable};
@@ -602,7 +602,7 @@ fn a_per_job_timeout_cancels_sooner_than_the_global_one() {
     wait_until(
         Duration::from_secs(5),
         "the cancelled task to be interrupted",
-        || service.shared().registry.len() == 1,
+        || service.registry().len() == 1,
     );
     let next = insert(&db, "object_id, sleep", "3, 0");
     wait_status(&db, next, DONE, Duration::from_secs(5));
@@ -669,9 +669,8 @@ fn ids_where(db: &TestDb, cond: &str) -> Vec<u64> {
 #[test]
 fn the_pruner_deletes_only_old_final_rows_in_batches() {
     let db = TestDb::new("kind_pruner");
-    let shared = Arc::new(
-        Shared::new(config(&db, &[("RETENTION", "1d")]), Tasks::with_sleep()).expect("pool"),
-    );
+    let cfg = config(&db, &[("RETENTION", "1d")]);
+    let pool = Db::new(&cfg.database_url, cfg.db_pool_size).expect("pool");
     let old = "NOW(6) - INTERVAL 2 DAY";
     let mut gone = Vec::new();
     let mut kept = Vec::new();
@@ -703,7 +702,13 @@ fn the_pruner_deletes_only_old_final_rows_in_batches() {
     kept.push(insert(&db, "object_id, status", &format!("3, '{DONE}'")));
 
     let (_stop_tx, stop) = bounded::<()>(0);
-    let pruner = Pruner::new(Arc::clone(&shared), DAY);
+    let pruner = Pruner::new(
+        PrunerConfig {
+            retention: DAY,
+            interval: cfg.prune_interval,
+        },
+        pool.clone(),
+    );
     assert_eq!(pruner.run_once(&stop).unwrap(), 3, "{}", db.dump());
     kept.sort_unstable();
     assert_eq!(
@@ -734,7 +739,7 @@ fn the_pruner_deletes_only_old_final_rows_in_batches() {
         "object_id, status, finished_at",
         &format!("5, 'DONE!', {old}"),
     );
-    let one = job_prune(&mut shared.db.conn().unwrap(), DAY, BATCH).unwrap();
+    let one = job_prune(&mut pool.conn().unwrap(), DAY, BATCH).unwrap();
     assert_eq!(one, BATCH as u64, "one statement is bounded by its batch");
     assert_eq!(pruner.run_once(&stop).unwrap(), 500);
     assert_eq!(ids_where(&db, "TRUE"), kept);

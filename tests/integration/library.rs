@@ -5,21 +5,28 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use background_processing::cancel::Registry;
 use background_processing::config::Config;
-use background_processing::consumer::canceller::cancel_one;
+use background_processing::consumer::canceller::Canceller;
+use background_processing::db::Db;
+use background_processing::db::claim::{CLAIMABLE_SQL, claim_scheduled_sql, claim_select_sql};
 use background_processing::db::jobs::{
-    CANCEL_OWNED_SQL, CLAIMABLE_SQL, Dead, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL,
-    RELEASE_UNOWNED_SQL, Running, claim_scheduled_sql, claim_select_sql, dead_select_sql,
-    find_lost_sql, job_finish, job_release_queued, job_start, job_start_many, prune_sql,
-    rescue_queued_sql, start_many_sql,
+    Dead, dead_select_sql, find_lost_sql, job_finish, job_start, job_start_many, prune_sql,
+    start_many_sql,
 };
 use background_processing::db::migrate::migrate;
+use background_processing::db::owners::{
+    CANCEL_OWNED_SQL, OWNERS_ACTIVE_SQL, RELEASE_QUEUED_SQL, RELEASE_UNOWNED_SQL,
+    job_release_queued, rescue_queued_sql,
+};
+use background_processing::job::{Job, Run};
+use background_processing::maintenance::heartbeat::Heartbeat;
+use background_processing::maintenance::rescuer::Rescuer;
+use background_processing::maintenance::watcher::Watcher;
 use background_processing::publisher::canceller::CancellerPublisher;
-use background_processing::publisher::heartbeat::Heartbeat;
 use background_processing::publisher::jobs::JobsPublisher;
-use background_processing::publisher::rescuer::Rescuer;
-use background_processing::publisher::watcher::Watcher;
-use background_processing::service::{Service, Shared};
+use background_processing::runtime::liveness::Liveness;
+use background_processing::service::Service;
 use background_processing::task::Tasks;
 use crossbeam_channel::{RecvTimeoutError, bounded};
 use mysql::prelude::Queryable;
@@ -43,8 +50,27 @@ fn config(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Config {
     )
 }
 
-fn shared(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Arc<Shared> {
-    Arc::new(Shared::new(config(db, worker, vars), Tasks::with_sleep()).expect("pool"))
+/// What the loops of one replica share, as the service builds it.
+struct Parts {
+    config: Config,
+    db: Db,
+    liveness: Arc<Liveness>,
+    registry: Arc<Registry>,
+}
+
+fn shared(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Arc<Parts> {
+    let config = config(db, worker, vars);
+    let db = Db::new(&config.database_url, config.db_pool_size).expect("pool");
+    Arc::new(Parts {
+        config,
+        db,
+        liveness: Arc::default(),
+        registry: Arc::default(),
+    })
+}
+
+fn publisher(p: &Parts, tx: crossbeam_channel::Sender<Job>) -> JobsPublisher {
+    JobsPublisher::new((&p.config).into(), p.db.clone(), tx)
 }
 
 fn insert_rows(db: &TestDb, n: usize, columns: &str, values: &str) {
@@ -63,7 +89,7 @@ fn two_publishers_never_claim_the_same_job() {
     let claim_all = |worker: &'static str| {
         let shared = shared(&db, worker, &[("CHANNEL_CAPACITY", "50")]);
         let (tx, rx) = bounded(50);
-        let publisher = JobsPublisher::new(shared, tx);
+        let publisher = publisher(&shared, tx);
         move || {
             let mut ids = Vec::new();
             loop {
@@ -109,9 +135,8 @@ fn a_claim_takes_no_more_than_the_free_room() {
     insert_rows(&db, 30, "object_id, sleep", "1, 0");
     let shared = shared(&db, "w", &[]);
     let (tx, rx) = bounded(10);
-    tx.send(background_processing::db::jobs::Job::default())
-        .unwrap();
-    let publisher = JobsPublisher::new(shared, tx);
+    tx.send(Job::default()).unwrap();
+    let publisher = publisher(&shared, tx);
     let claimed = publisher.run_once().unwrap();
     assert_eq!((claimed.room, claimed.claimed), (9, 9));
     assert!(claimed.filled());
@@ -186,7 +211,7 @@ fn explain(db: &TestDb, sql: &str, params: mysql::Params) -> Vec<(String, String
 fn every_claim_and_scan_query_uses_an_index_range() {
     let db = TestDb::new("explain");
     fill_every_status(&db, 3000);
-    let runs = [Running { id: 1, lease: 1 }, Running { id: 5, lease: 1 }];
+    let runs = [Run { id: 1, lease: 1 }, Run { id: 5, lease: 1 }];
     let owner = || params! { "owner" => "w1" };
     let queries: Vec<(&str, String, mysql::Params)> = vec![
         ("claim", claim_select_sql(100, None), mysql::Params::Empty),
@@ -275,9 +300,7 @@ fn every_claim_and_scan_query_uses_an_index_range() {
 /// A publisher claims exactly one job, the one new row (sleep 1000).
 fn claims_the_one_new_job(db: &TestDb) {
     let (tx, rx) = bounded(10);
-    let claimed = JobsPublisher::new(shared(db, "w", &[]), tx)
-        .run_once()
-        .unwrap();
+    let claimed = publisher(&shared(db, "w", &[]), tx).run_once().unwrap();
     assert_eq!(claimed.claimed, 1);
     assert_eq!(rx.recv().unwrap().sleep, Some(1000));
 }
@@ -393,7 +416,7 @@ fn the_canceller_cancels_a_dead_job_once() {
     );
     let shared = shared(&db, "w", &[("JOB_TIMEOUT", "1s")]);
     let (tx, rx) = bounded(10);
-    let publisher = CancellerPublisher::new(Arc::clone(&shared), tx);
+    let publisher = CancellerPublisher::new((&shared.config).into(), shared.db.clone(), tx);
     assert_eq!(
         publisher.run_once().unwrap(),
         1,
@@ -403,15 +426,19 @@ fn the_canceller_cancels_a_dead_job_once() {
     assert_eq!(
         dead,
         Dead {
-            id: 1,
-            lease: 3,
+            run: Run { id: 1, lease: 3 },
             timeout_ms: None
         }
     );
     let (_keep, stop) = bounded::<()>(0);
-    assert_eq!(cancel_one(&shared, dead, &stop), Some(true));
+    let canceller = Canceller::new(
+        (&shared.config).into(),
+        shared.db.clone(),
+        Arc::clone(&shared.registry),
+    );
+    assert_eq!(canceller.cancel_one(dead, &stop), Some(true));
     assert_eq!(
-        cancel_one(&shared, dead, &stop),
+        canceller.cancel_one(dead, &stop),
         Some(false),
         "second cancel changes nothing"
     );
@@ -428,7 +455,7 @@ fn a_write_under_a_lost_lease_changes_nothing() {
     db.insert_job(Some(1), Some(0));
     let (a, b) = (shared(&db, "a", &[]), shared(&db, "b", &[]));
     let (tx_a, rx_a) = bounded(10);
-    JobsPublisher::new(Arc::clone(&a), tx_a).run_once().unwrap();
+    publisher(&a, tx_a).run_once().unwrap();
     let job_a = rx_a.recv().unwrap();
     // Replica a loses the job (its queue was released), b claims it.
     assert_eq!(
@@ -436,22 +463,22 @@ fn a_write_under_a_lost_lease_changes_nothing() {
         1
     );
     let (tx_b, rx_b) = bounded(10);
-    JobsPublisher::new(Arc::clone(&b), tx_b).run_once().unwrap();
+    publisher(&b, tx_b).run_once().unwrap();
     let job_b = rx_b.recv().unwrap();
     assert_eq!(job_b.id, job_a.id);
     assert_eq!(job_b.lease, job_a.lease + 1);
     let mut conn = a.db.conn().unwrap();
     assert!(
-        !job_start(&mut conn, job_a.id, job_a.lease, Duration::from_secs(10)).unwrap(),
+        !job_start(&mut conn, job_a.run(), Duration::from_secs(10)).unwrap(),
         "a's late start refused"
     );
-    assert!(job_start(&mut conn, job_b.id, job_b.lease, Duration::from_secs(10)).unwrap());
+    assert!(job_start(&mut conn, job_b.run(), Duration::from_secs(10)).unwrap());
     assert!(
-        !job_finish(&mut conn, job_a.id, job_a.lease).unwrap(),
+        !job_finish(&mut conn, job_a.run()).unwrap(),
         "a's late finish refused"
     );
     assert_eq!(db.job(job_a.id).status(), STARTED);
-    assert!(job_finish(&mut conn, job_b.id, job_b.lease).unwrap());
+    assert!(job_finish(&mut conn, job_b.run()).unwrap());
     assert_eq!(db.job(job_a.id).status(), DONE);
     let owner: String = db.scalar(&format!("SELECT owner FROM jobs WHERE id = {}", job_a.id));
     assert_eq!(owner, "b");
@@ -482,11 +509,11 @@ fn the_rescuer_gives_back_the_jobs_of_dead_workers_only() {
     insert_rows(&db, 2, cols, "5, 0, 'QUEUED!', NOW(6), NULL, 'gone', 1");
     insert_rows(&db, 1, "object_id, sleep, status", "6, 0, 'QUEUED!'");
     let me = shared(&db, "me", &[]);
-    let rescuer = Rescuer::new(Arc::clone(&me));
+    let rescuer = Rescuer::new((&me.config).into(), me.db.clone(), Arc::clone(&me.liveness));
     // It judges no one until its own heartbeat has landed steadily for
     // WORKER_DEAD_AFTER (1 s here).
     assert_eq!(rescuer.run_once().unwrap(), Default::default());
-    let heartbeat = Heartbeat::new(Arc::clone(&me));
+    let heartbeat = Heartbeat::new((&me.config).into(), me.db.clone(), Arc::clone(&me.liveness));
     heartbeat.register().unwrap();
     wait_until(Duration::from_secs(10), "a steady heartbeat", || {
         heartbeat.run_once().unwrap();
@@ -546,7 +573,7 @@ fn a_task_cancelled_by_another_replica_is_interrupted_and_its_thread_moves_on() 
     wait_until(
         Duration::from_secs(10),
         "the task to be interrupted",
-        || service.shared().registry.is_empty(),
+        || service.registry().is_empty(),
     );
     let next = db.insert_job(Some(2), Some(0));
     wait_until(
@@ -572,7 +599,8 @@ fn a_task_cancelled_by_another_replica_is_interrupted_and_its_thread_moves_on() 
 #[test]
 fn the_watcher_sends_nothing_while_nothing_runs() {
     let db = TestDb::new("watcher_idle");
-    let watcher = Watcher::new(shared(&db, "w", &[]));
+    let p = shared(&db, "w", &[]);
+    let watcher = Watcher::new(p.db.clone(), Arc::clone(&p.registry));
     assert_eq!(watcher.run_once().unwrap(), 0);
 }
 
@@ -689,9 +717,7 @@ fn rows_scheduled_for_later_are_not_read_by_claims() {
     }
     // And the service claims the 20 due rows, none of the others.
     let (tx, rx) = bounded(1000);
-    let claimed = JobsPublisher::new(shared(&db, "w", &[]), tx)
-        .run_once()
-        .unwrap();
+    let claimed = publisher(&shared(&db, "w", &[]), tx).run_once().unwrap();
     assert_eq!(claimed.claimed, 20);
     assert!(rx.try_iter().all(|j| j.object_id != Some(1)));
 }
@@ -709,16 +735,19 @@ fn a_start_batch_starts_exactly_the_jobs_whose_lease_holds() {
     let mut conn = shared(&db, "w", &[]).db.conn().unwrap();
     // Three jobs (padded to a statement for four), then five plus the lost
     // one (padded to eight).
+    let runs = |pairs: &[(u64, u64)]| -> Vec<Run> {
+        pairs.iter().map(|&(id, lease)| Run { id, lease }).collect()
+    };
     let started = job_start_many(
         &mut conn,
-        &[(1, 1), (2, 1), (3, 1)],
+        &runs(&[(1, 1), (2, 1), (3, 1)]),
         Duration::from_secs(10),
     )
     .unwrap();
     assert_eq!(started, 3);
     let started = job_start_many(
         &mut conn,
-        &[(1, 1), (4, 1), (5, 1), (6, 1)],
+        &runs(&[(1, 1), (4, 1), (5, 1), (6, 1)]),
         Duration::from_secs(10),
     )
     .unwrap();

@@ -9,10 +9,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select, tick};
-use mysql::prelude::Queryable;
 
 use crate::config::Config;
-use crate::db::{Db, DbResult};
+use crate::db::Db;
+use crate::db::error::DbResult;
+use crate::db::row::col;
 
 /// How often the seeder inserts a batch.
 pub const SEED_INTERVAL: Duration = Duration::from_secs(3);
@@ -29,66 +30,54 @@ pub fn rows_to_show(config: &Config) -> usize {
 
 /// Inserts one batch: object 10, sleeps of 1 s, NULL (stuck), 1 s.
 pub fn seed_once(db: &Db) -> DbResult<()> {
-    let mut conn = db.conn()?;
-    conn.query_drop(
+    db.conn()?.query_drop(
         "INSERT INTO jobs (object_id, sleep) VALUES (10, 1000000000), (10, NULL), (10, 1000000000)",
-    )?;
-    Ok(())
+    )
 }
+
+/// The classic table's columns, in order: three numbers, then the status
+/// and the timestamps.
+const COLUMNS: [&str; 9] = [
+    "id",
+    "object_id",
+    "sleep",
+    "status",
+    "created_at",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "cancelled_at",
+];
 
 /// The classic table of the latest jobs, as text.
 pub fn table(db: &Db, rows: usize) -> DbResult<String> {
-    type Row = (
-        u64,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let mut conn = db.conn()?;
-    let f = |c: &str| format!("DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s')");
-    let mut data: Vec<Row> = conn.query(format!(
-        "SELECT id, object_id, sleep, status, {}, {}, {}, {}, {} FROM jobs ORDER BY id DESC LIMIT {rows}",
-        f("created_at"),
-        f("queued_at"),
-        f("started_at"),
-        f("finished_at"),
-        f("cancelled_at"),
-    ))?;
-    data.reverse();
-    let header = [
-        "id",
-        "object_id",
-        "sleep",
-        "status",
-        "created_at",
-        "queued_at",
-        "started_at",
-        "finished_at",
-        "cancelled_at",
-    ];
-    let text = |v: Option<String>| v.unwrap_or_else(|| "NULL".into());
-    let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "NULL".into());
-    let cells: Vec<Vec<String>> = data
-        .into_iter()
-        .map(|r| {
-            vec![
-                r.0.to_string(),
-                num(r.1),
-                num(r.2),
-                text(r.3),
-                text(r.4),
-                text(r.5),
-                text(r.6),
-                text(r.7),
-                text(r.8),
-            ]
-        })
+    let times: Vec<String> = COLUMNS[4..]
+        .iter()
+        .map(|c| format!("DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s') AS {c}"))
         .collect();
+    let sql = format!(
+        "SELECT id, object_id, sleep, status, {} FROM jobs ORDER BY id DESC LIMIT {rows}",
+        times.join(", ")
+    );
+    let mut cells: Vec<Vec<String>> = db.conn()?.query_rows(sql, |mut row| {
+        let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "NULL".into());
+        let mut cells = vec![
+            col::<u64>(&mut row, "id")?.to_string(),
+            num(col(&mut row, "object_id")?),
+            num(col(&mut row, "sleep")?),
+        ];
+        for c in &COLUMNS[3..] {
+            cells.push(col::<Option<String>>(&mut row, c)?.unwrap_or_else(|| "NULL".into()));
+        }
+        Ok(cells)
+    })?;
+    cells.reverse();
+    Ok(render(&cells))
+}
+
+/// The classic table's text for `cells` (one row of strings each).
+fn render(cells: &[Vec<String>]) -> String {
+    let header = COLUMNS;
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             cells
@@ -121,9 +110,9 @@ pub fn table(db: &Db, rows: usize) -> DbResult<String> {
         line(header.iter().map(|h| h.to_string()).collect()),
         rule.clone(),
     ];
-    out.extend(cells.into_iter().map(line));
+    out.extend(cells.iter().cloned().map(line));
     out.push(rule);
-    Ok(out.join("\n"))
+    out.join("\n")
 }
 
 /// Seeds every [`SEED_INTERVAL`] until `stop` closes.

@@ -1,13 +1,13 @@
-//! What the health endpoints watch that the counters do not hold: which of
-//! the service's threads are alive, what phase the service is in, and its
-//! jobs channel.
+//! Starting named threads, and watching them.
 //!
-//! Every thread [`Service`](crate::service::Service) starts goes through
-//! [`Watch::spawn`], which gives the thread a guard: when the thread ends,
-//! by returning or by panicking, the guard records it. Outside a shutdown no
-//! service thread ever ends, so one that did is a dead thread and
-//! `/healthz` says so (a restart is the cure). During a shutdown threads end
-//! on purpose, and that is not a failure.
+//! Threads are named (`publisher-jobs`, `consumer-jobs-3`): the names show
+//! in logs, panics and `top -H`. Every thread the service starts goes
+//! through [`Watch::spawn`], which gives the thread a guard: when the thread
+//! ends, by returning or by panicking, the guard records it. Outside a
+//! shutdown no service thread ever ends, so one that did is a dead thread
+//! and `/healthz` says so (a restart is the cure). During a shutdown threads
+//! end on purpose, and that is not a failure. The [`Watch`] also holds the
+//! service's phase and its jobs channel, for the probes and `/metrics`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +15,16 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
 
-use crate::db::jobs::Job;
+use crate::job::Job;
+
+/// Starts a named thread (unwatched: see [`Watch::spawn`] for the
+/// service's own threads).
+pub fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("cannot start thread {name}: {e}"))
+}
 
 /// Where a service is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +96,7 @@ impl Watch {
             name: name.clone(),
             state,
         });
-        crate::service::spawn(name, move || {
+        spawn(name, move || {
             let _guard = guard;
             f()
         })

@@ -1,0 +1,50 @@
+//! `migrate`: applies the embedded schema, waiting up to
+//! `DB_CONNECT_TIMEOUT` (default 30s) for a server that is not up yet.
+
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::db::DbHealth;
+use crate::db::migrate::{MigrateReport, migrate};
+use crate::db::retry::{GaveUp, Retry};
+
+/// Applies the schema (see [`crate::db::migrate`]); with `drop_replaced`,
+/// also drops the indexes this version replaced.
+pub fn run(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport> {
+    let deadline = Instant::now() + config.db_connect_timeout;
+    let url = config.redacted_url();
+    let quiet = DbHealth::quiet();
+    let applied = Retry::new("applying the schema", &quiet)
+        .until(deadline)
+        .run(|| {
+            migrate(&config.database_url, drop_replaced)
+                .inspect_err(|e| log::debug!("waiting for the database: {e}"))
+        });
+    let report = match applied {
+        Ok(report) => report,
+        // A server that answered with an error will not change its mind.
+        Err(GaveUp::Refused(e)) => {
+            return Err(e).with_context(|| format!("applying schema.sql to {url}"));
+        }
+        Err(e) => {
+            return Err(e.into_error()).with_context(|| {
+                format!(
+                    "applying schema.sql: database at {url} not reachable within DB_CONNECT_TIMEOUT ({})",
+                    crate::config::show_duration(config.db_connect_timeout)
+                )
+            });
+        }
+    };
+    log::info!("schema applied to {url}: {report:?}");
+    if !report.kept_replaced.is_empty() {
+        log::warn!(
+            "kept the indexes this version replaced ({}) for replicas of the previous version; \
+             once every replica runs this version, run \
+             `background-processing migrate --drop-replaced`",
+            report.kept_replaced.join(", ")
+        );
+    }
+    Ok(report)
+}

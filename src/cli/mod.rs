@@ -1,0 +1,176 @@
+//! The command line: parsing the arguments, `--help`, logging, and the
+//! commands (`run`, `migrate`, `demo`, `stats`). Shared by the binary and by
+//! programs that embed the library ([`crate::runner::Runner`]). This is the
+//! program's top level, and with `main.rs` the only place that uses
+//! `anyhow`.
+
+mod demo;
+mod migrate;
+mod run;
+mod stats;
+
+use std::process::ExitCode;
+
+use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
+
+use crate::config::{Config, VARS, VERSION};
+use crate::task::Tasks;
+
+/// Exit code for bad configuration or usage.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Run,
+    /// With `--drop-replaced`: also drop the indexes this version replaced.
+    Migrate {
+        drop_replaced: bool,
+    },
+    Demo,
+    Stats,
+}
+
+fn usage() -> String {
+    let mut s = format!(
+        "background-processing {VERSION}\n\
+         A background-jobs service whose only interface is a MySQL table.\n\n\
+         Usage: background-processing [COMMAND]\n\n\
+         Commands:\n  \
+           run      run the service (the default)\n  \
+           migrate  create or upgrade the jobs and workers tables (schema.sql, embedded);\n           \
+                    keeps the indexes this version replaced, for replicas of the\n           \
+                    previous version still running\n  \
+           migrate --drop-replaced\n           \
+                    the same, and drops those indexes (once every replica runs this version)\n  \
+           demo     run the service, insert the original demo's jobs and print the table\n  \
+           stats    print counts by status, the oldest waiting job and recent throughput\n\n\
+         Options:\n  \
+           -h, --help     print this help\n  \
+           -V, --version  print the version\n\n\
+         Environment (default):\n"
+    );
+    for v in VARS {
+        s.push_str(&format!(
+            "  {:<24} {} (default: {})\n",
+            v.name, v.help, v.default
+        ));
+    }
+    s.push_str(
+        "\nExit codes: 0 done (also after a graceful SIGTERM/SIGINT), 1 runtime failure,\n\
+         2 bad configuration or usage; a second signal during shutdown exits 130.\n",
+    );
+    s
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
+    match args {
+        [] => Ok(Some(Command::Run)),
+        [one] => match one.as_str() {
+            "run" => Ok(Some(Command::Run)),
+            "migrate" => Ok(Some(Command::Migrate {
+                drop_replaced: false,
+            })),
+            "demo" => Ok(Some(Command::Demo)),
+            "stats" => Ok(Some(Command::Stats)),
+            "-h" | "--help" | "help" => {
+                print!("{}", usage());
+                Ok(None)
+            }
+            "-V" | "--version" => {
+                println!("background-processing {VERSION}");
+                Ok(None)
+            }
+            other => Err(format!("unknown command or option {other:?}")),
+        },
+        [migrate, flag] if migrate == "migrate" && flag == "--drop-replaced" => {
+            Ok(Some(Command::Migrate {
+                drop_replaced: true,
+            }))
+        }
+        _ => Err(format!(
+            "expected at most one command, got {:?}",
+            args.join(" ")
+        )),
+    }
+}
+
+fn init_logging(level: LevelFilter) {
+    let config = ConfigBuilder::new()
+        .set_thread_level(LevelFilter::Error)
+        .set_thread_mode(ThreadLogMode::Names)
+        .set_target_level(LevelFilter::Off)
+        .set_location_level(LevelFilter::Off)
+        .build();
+    // Only fails if a logger is already set, which cannot happen here.
+    let _ = WriteLogger::init(level, config, std::io::stderr());
+}
+
+/// Runs the command `args` name with the registered `tasks`; returns the
+/// process's exit code.
+pub fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
+    let command = match parse_args(args) {
+        Ok(Some(c)) => c,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}\n\nRun `background-processing --help` for usage.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(config.log_level);
+    let result = match command {
+        Command::Run => run::run(config, tasks, false),
+        Command::Demo => run::run(config, tasks, true),
+        Command::Migrate { drop_replaced } => migrate::run(&config, drop_replaced).map(drop),
+        Command::Stats => stats::run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        let p = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(p(&[]), Ok(Some(Command::Run)));
+        assert_eq!(
+            p(&["migrate"]),
+            Ok(Some(Command::Migrate {
+                drop_replaced: false
+            }))
+        );
+        assert_eq!(
+            p(&["migrate", "--drop-replaced"]),
+            Ok(Some(Command::Migrate {
+                drop_replaced: true
+            }))
+        );
+        assert!(p(&["migrate", "--drop"]).is_err());
+        assert_eq!(p(&["demo"]), Ok(Some(Command::Demo)));
+        assert_eq!(p(&["stats"]), Ok(Some(Command::Stats)));
+        assert!(p(&["frobnicate"]).is_err());
+        assert!(p(&["run", "extra"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let help = usage();
+        for v in VARS {
+            assert!(help.contains(v.name), "{} missing from --help", v.name);
+        }
+    }
+}

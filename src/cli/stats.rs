@@ -1,0 +1,46 @@
+//! `stats`: counts by status, the oldest waiting job and recent throughput,
+//! read from the database (an operator's command: it reads whole indexes).
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::db::stats::stats_snapshot;
+use crate::job::status;
+
+/// Prints the snapshot to stdout.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let db = Db::new(&config.database_url, 1)?;
+    db.wait_ready(config.db_connect_timeout)
+        .with_context(|| format!("connecting to {}", config.redacted_url()))?;
+    let s = stats_snapshot(&mut *db.conn()?).context("reading stats")?;
+    println!("jobs by status:");
+    let mut unknown = 0;
+    for (st, n) in &s.by_status {
+        let known = st.as_deref().is_none_or(|st| status::KNOWN.contains(&st));
+        let label = st.as_deref().unwrap_or("NULL (new)");
+        if known {
+            println!("  {label:<12} {n}");
+        } else {
+            unknown += n;
+        }
+    }
+    println!("  {:<12} {unknown}", "other (not the service's statuses)");
+    match s.oldest_waiting {
+        Some((id, age)) => println!("oldest waiting job: id {id}, waiting {age:.1}s"),
+        None => println!("oldest waiting job: none"),
+    }
+    let finished: u64 = s.last_minute.iter().map(|(_, n)| n).sum();
+    println!(
+        "last minute: {finished} finished ({:.1}/s)",
+        finished as f64 / 60.0
+    );
+    for (st, n) in &s.last_minute {
+        println!("  {st:<12} {n}");
+    }
+    println!("workers: {}", s.workers.len());
+    for (name, age) in &s.workers {
+        println!("  {name} (heartbeat {age:.1}s ago)");
+    }
+    Ok(())
+}

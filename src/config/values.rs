@@ -1,0 +1,123 @@
+//! Reading and showing values: the parsers the variable table uses, and
+//! the helpers around names, URLs and durations.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// A duration as the logs and the start-up line show it (`25s`, `1m 30s`),
+/// to the millisecond.
+pub fn show_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// Connections every thread may hold at once: one per consumer (a task may
+/// use one too, through `job.db`), one each for the starter, the completer
+/// and the publishers (jobs, canceller, watcher, heartbeat, rescuer,
+/// pruner), and one for the shutdown release.
+pub fn default_pool_size(job_consumers: usize, canceller_consumers: usize) -> u32 {
+    (2 * job_consumers + canceller_consumers + 9).min(u32::MAX as usize) as u32
+}
+
+/// `mysql://user:secret@host/db` -> `mysql://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
+    let (userinfo, host) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// This machine's (or pod's) host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+pub(super) fn default_worker_name() -> String {
+    let host: String = host_name()
+        .chars()
+        .map(|c| if is_name_char(c) { c } else { '-' })
+        .take(200)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')
+}
+
+/// Worker names are written into SQL text by the claim (one statement of
+/// any batch size, never re-prepared), so they are kept to characters that
+/// need no quoting: what host names, pod names and pids are made of.
+pub fn is_worker_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.chars().all(is_name_char)
+}
+
+pub(super) fn database_url(url: &str) -> Result<String, String> {
+    if !url.starts_with("mysql://") {
+        return Err("a URL like mysql://user:password@host:3306/database".into());
+    }
+    let opts = mysql::Opts::from_url(url).map_err(|e| format!("a valid mysql:// URL ({e})"))?;
+    match opts.get_db_name() {
+        Some(db) if !db.is_empty() => Ok(url.to_string()),
+        _ => {
+            Err("a URL that names a database, like mysql://host:3306/background_processing".into())
+        }
+    }
+}
+
+/// A whole number from 1 to 100,000.
+pub(super) fn count<T: TryFrom<u64>>(value: &str) -> Result<T, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| "a whole number from 1 to 100000".into())
+}
+
+pub(super) fn parse_duration(value: &str) -> Option<Duration> {
+    humantime::parse_duration(value.trim())
+        .ok()
+        .filter(|d| *d >= Duration::from_millis(1))
+}
+
+pub(super) fn duration(value: &str) -> Result<Duration, String> {
+    parse_duration(value).ok_or_else(|| "a duration of at least 1ms, like 500ms, 2s or 1m".into())
+}
+
+/// An IP address and port, or blank (off).
+pub(super) fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
+        "an IP address and port to listen on, like 0.0.0.0:9090 or 127.0.0.1:9090, \
+         or empty to serve no health and metrics endpoints"
+            .into()
+    })
+}
+
+pub(super) fn level(value: &str) -> Result<LevelFilter, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "error" => Ok(LevelFilter::Error),
+        "warn" | "warning" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err("one of error, warn, info, debug, trace".into()),
+    }
+}

@@ -1,0 +1,125 @@
+//! The database's state as all threads see it.
+//!
+//! All threads share one [`DbHealth`], which turns their failures into one
+//! warning when the database goes away and one info line when it is back,
+//! instead of a line per retry per thread. Failures and outages are counted
+//! in the process's [`Metrics`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::error::{DbError, ErrorKind};
+use crate::metrics::{Counter, Metrics};
+
+/// Outage tracking shared by everything that uses one pool.
+#[derive(Debug, Default)]
+pub struct DbHealth {
+    down_since: Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+    quiet: bool,
+}
+
+impl DbHealth {
+    /// Tracking that counts into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> DbHealth {
+        DbHealth {
+            down_since: Mutex::new(None),
+            metrics,
+            quiet: false,
+        }
+    }
+
+    /// Tracking that logs nothing (its caller says what happened).
+    pub fn quiet() -> DbHealth {
+        DbHealth {
+            quiet: true,
+            ..DbHealth::default()
+        }
+    }
+
+    /// Records a failed database call by `what` (an operation, like
+    /// "claiming jobs"). An outage logs a warning only when it opens; an
+    /// error the server answered with is logged as is.
+    pub fn failed(&self, what: &str, err: &DbError) {
+        self.metrics.add(Counter::DbErrors, 1);
+        if self.quiet {
+            return;
+        }
+        if err.kind() != ErrorKind::Outage {
+            // The server is there and said no: not an outage, but worth a
+            // line each time (a lock wait timeout, a permission).
+            log::warn!("{what}: {err}; retrying");
+            return;
+        }
+        let mut down = self.lock();
+        if down.is_none() {
+            *down = Some(Instant::now());
+            self.metrics.add(Counter::DbOutages, 1);
+            log::warn!("database unavailable ({what}: {err}); retrying with backoff");
+        } else {
+            log::debug!("{what}: {err}");
+        }
+    }
+
+    /// Records that the server answered; logs once when that ends an outage.
+    pub fn ok(&self) {
+        let mut down = self.lock();
+        if let Some(since) = down.take().filter(|_| !self.quiet) {
+            log::info!(
+                "database is back after {:.1}s ({} failed calls retried so far)",
+                since.elapsed().as_secs_f64(),
+                self.failures()
+            );
+        }
+    }
+
+    /// Whether the last call failed.
+    pub fn is_down(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Failed calls so far (each was retried or given up at shutdown).
+    pub fn failures(&self) -> u64 {
+        self.metrics.get(Counter::DbErrors)
+    }
+
+    /// Outages so far.
+    pub fn episodes(&self) -> u64 {
+        self.metrics.get(Counter::DbOutages)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.down_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_outage_is_one_episode() {
+        let health = DbHealth::default();
+        let err = DbError::Mysql(mysql::Error::IoError(std::io::Error::other("gone")));
+        for _ in 0..100 {
+            health.failed("claiming jobs", &err);
+        }
+        assert!(health.is_down());
+        health.ok();
+        health.ok();
+        assert!(!health.is_down());
+        assert_eq!(health.episodes(), 1);
+        assert_eq!(health.failures(), 100);
+    }
+
+    #[test]
+    fn an_error_the_server_answered_is_no_outage() {
+        let health = DbHealth::default();
+        health.failed(
+            "claiming jobs",
+            &DbError::Schema("table jobs is missing".into()),
+        );
+        assert!(!health.is_down());
+        assert_eq!(health.episodes(), 0);
+    }
+}
