@@ -8,8 +8,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     object_id    BIGINT          NULL,
     -- Task duration in nanoseconds; NULL never finishes by itself.
     sleep        BIGINT          NULL,
-    -- NULL (new), QUEUED!, STARTED!, DONE!, CANCELLED! or FAILED!.
-    status       VARCHAR(32)     NULL,
+    -- NULL (new), QUEUED!, STARTED!, DONE!, CANCELLED! or FAILED!; compared
+    -- exactly (binary), so a client's own 'queued!' is not 'QUEUED!'.
+    status       VARCHAR(32)     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
     created_at   DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     queued_at    DATETIME(6)     NULL,
     started_at   DATETIME(6)     NULL,

@@ -48,7 +48,9 @@ fn run_pipeline(jobs: u64) -> Duration {
                     let cancel = registry.start(Run { id, lease: 1 });
                     SleepTask.validate(&ctx).expect("valid");
                     SleepTask.run(&ctx, &cancel).expect("no-op task succeeds");
-                    registry.finish(id);
+                    let run = Run { id, lease: 1 };
+                    registry.returned(run);
+                    registry.forget(run);
                     done_tx.send(id).expect("collector alive");
                 }
             })

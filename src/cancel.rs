@@ -94,9 +94,37 @@ struct Entry {
     lease: u64,
     since: Instant,
     tx: Sender<Interrupt>,
+    state: State,
 }
 
-/// The jobs running in this process, by id.
+/// Where a run in the registry stands. Its changes happen under the
+/// registry's lock, so the task's own end and an interrupt from outside
+/// never both win: a run whose task returned first is `Finishing` and an
+/// interrupt leaves it alone (its outcome is on its way to the database);
+/// a run interrupted first ends as interrupted, whatever the task returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Its task is running.
+    Running,
+    /// Interrupted from outside while running.
+    Interrupted(Interrupt),
+    /// Its task returned; its outcome is being written.
+    Finishing,
+}
+
+/// What [`Registry::check_out`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The run's task runs here (now interrupted, when asked to be).
+    Running,
+    /// The run's task returned here; its outcome is being written.
+    Finishing,
+    /// The run is not this process's.
+    Absent,
+}
+
+/// The jobs running in this process, by id: from the start of their task
+/// until their outcome is written.
 #[derive(Default)]
 pub struct Registry {
     running: Mutex<HashMap<u64, Entry>>,
@@ -104,7 +132,7 @@ pub struct Registry {
 
 impl Registry {
     /// Records that `run` starts running; returns the task's cancellation.
-    /// Call [`Registry::finish`] when it ends.
+    /// Call [`Registry::returned`] when the task returns.
     pub fn start(&self, run: Run) -> Cancellation {
         let (tx, rx) = bounded(1);
         self.lock().insert(
@@ -113,40 +141,84 @@ impl Registry {
                 lease: run.lease,
                 since: Instant::now(),
                 tx,
+                state: State::Running,
             },
         );
         Cancellation::new(rx)
     }
 
-    /// Forgets job `id`; returns how long it ran, if it was running.
-    pub fn finish(&self, id: u64) -> Option<Duration> {
-        self.lock().remove(&id).map(|e| e.since.elapsed())
+    /// The task of `run` returned: how long it ran, and the interrupt that
+    /// came first, if one did (then the run counts as interrupted, whatever
+    /// the task returned). Without one the run is `Finishing` until
+    /// [`Registry::forget`].
+    pub fn returned(&self, run: Run) -> (Option<Duration>, Option<Interrupt>) {
+        let mut map = self.lock();
+        match map.get_mut(&run.id) {
+            Some(e) if e.lease == run.lease => {
+                let ran = Some(e.since.elapsed());
+                match e.state {
+                    State::Interrupted(why) => (ran, Some(why)),
+                    _ => {
+                        e.state = State::Finishing;
+                        (ran, None)
+                    }
+                }
+            }
+            _ => (None, None),
+        }
     }
 
-    /// Interrupts `run` if it runs here. Returns whether a task was
+    /// Forgets `run`: its outcome is written (or nothing is left to write).
+    pub fn forget(&self, run: Run) {
+        let mut map = self.lock();
+        if map.get(&run.id).is_some_and(|e| e.lease == run.lease) {
+            map.remove(&run.id);
+        }
+    }
+
+    /// Interrupts `run` if its task runs here. Returns whether a task was
     /// interrupted.
     pub fn interrupt(&self, run: Run, why: Interrupt) -> bool {
-        let map = self.lock();
-        match map.get(&run.id) {
-            Some(e) if e.lease == run.lease => e.tx.try_send(why).is_ok(),
-            _ => false,
+        self.check_out(run, why) == Presence::Running
+    }
+
+    /// Where `run` stands here; a running task is interrupted with `why`
+    /// (the canceller decides on this: a run whose task already returned is
+    /// left to its outcome).
+    pub fn check_out(&self, run: Run, why: Interrupt) -> Presence {
+        let mut map = self.lock();
+        match map.get_mut(&run.id) {
+            Some(e) if e.lease == run.lease => match e.state {
+                State::Running => {
+                    e.state = State::Interrupted(why);
+                    let _ = e.tx.try_send(why);
+                    Presence::Running
+                }
+                State::Interrupted(_) => Presence::Running,
+                State::Finishing => Presence::Finishing,
+            },
+            _ => Presence::Absent,
         }
     }
 
     /// Interrupts every running task; returns how many.
     pub fn interrupt_all(&self, why: Interrupt) -> usize {
-        self.lock()
-            .values()
-            .filter(|e| e.tx.try_send(why).is_ok())
-            .count()
+        let mut map = self.lock();
+        let mut n = 0;
+        for e in map.values_mut().filter(|e| e.state == State::Running) {
+            e.state = State::Interrupted(why);
+            let _ = e.tx.try_send(why);
+            n += 1;
+        }
+        n
     }
 
-    /// Runs that have been going for at least `min_age`.
+    /// Runs whose task has been running for at least `min_age`.
     pub fn older_than(&self, min_age: Duration) -> Vec<Run> {
         let now = Instant::now();
         self.lock()
             .iter()
-            .filter(|(_, e)| now.duration_since(e.since) >= min_age)
+            .filter(|(_, e)| e.state == State::Running && now.duration_since(e.since) >= min_age)
             .map(|(id, e)| Run {
                 id: *id,
                 lease: e.lease,
@@ -154,14 +226,26 @@ impl Registry {
             .collect()
     }
 
-    /// How many tasks are running.
+    /// How many tasks are running (not counting runs whose task returned
+    /// and whose outcome is being written).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock()
+            .values()
+            .filter(|e| e.state != State::Finishing)
+            .count()
     }
 
     /// Whether no task is running.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Runs whose outcome is being written.
+    pub fn finishing(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| e.state == State::Finishing)
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
@@ -198,12 +282,43 @@ mod tests {
     #[test]
     fn a_stale_lease_interrupts_nothing() {
         let registry = Registry::default();
-        let cancel = registry.start(Run { id: 7, lease: 2 });
+        let run = Run { id: 7, lease: 2 };
+        let cancel = registry.start(run);
         assert!(!registry.interrupt(Run { id: 7, lease: 1 }, Interrupt::Cancelled));
         assert!(!registry.interrupt(Run { id: 8, lease: 2 }, Interrupt::Cancelled));
         assert_eq!(cancel.check(), None);
-        registry.finish(7);
-        assert!(registry.is_empty());
+        assert_eq!(registry.returned(run).1, None);
+        assert!(registry.is_empty(), "returned: no longer running");
+        registry.forget(run);
+        assert_eq!(registry.finishing(), 0);
+    }
+
+    #[test]
+    fn a_task_that_returned_first_is_not_interrupted_and_vice_versa() {
+        let registry = Registry::default();
+        let (done, cut) = (Run { id: 1, lease: 1 }, Run { id: 2, lease: 1 });
+        let _a = registry.start(done);
+        let b = registry.start(cut);
+        assert_eq!(registry.returned(done).1, None);
+        assert_eq!(
+            registry.check_out(done, Interrupt::Cancelled),
+            Presence::Finishing,
+            "its outcome is on its way: left alone"
+        );
+        assert_eq!(
+            registry.check_out(cut, Interrupt::Cancelled),
+            Presence::Running
+        );
+        assert_eq!(b.check(), Some(Interrupt::Cancelled));
+        assert_eq!(
+            registry.returned(cut).1,
+            Some(Interrupt::Cancelled),
+            "interrupted first: interrupted, whatever the task returned"
+        );
+        assert_eq!(
+            registry.check_out(Run { id: 3, lease: 1 }, Interrupt::Cancelled),
+            Presence::Absent
+        );
     }
 
     #[test]

@@ -261,6 +261,11 @@ pub fn readiness(shared: &HealthView) -> Check {
     if shared.db.health().is_down() {
         return not("database unavailable: retrying with backoff".into());
     }
+    if let Some(why) = shared.db.health().refusal() {
+        return not(format!(
+            "the database refuses this replica's statements: {why}"
+        ));
+    }
     let interval = shared.heartbeat_interval;
     let age = shared.liveness.last_beat_age();
     let age_text = age.map_or("never".to_string(), |a| {

@@ -123,7 +123,7 @@ struct Parts {
 impl Parts {
     fn new(config: Config, tasks: Tasks) -> Result<Parts, DbError> {
         let metrics = Arc::new(Metrics::default());
-        let db = Db::with_metrics(&config.database_url, config.db_pool_size, metrics)?;
+        let db = Db::connect(&(&config).into(), metrics)?;
         Ok(Parts {
             bucket: Arc::new(Bucket::new(config.rate_limit)),
             config: Arc::new(config),
@@ -235,9 +235,11 @@ impl Service {
                 cause,
             })?;
         check_schema(&parts.db).map_err(db_err)?;
+        // The heartbeat has a connection of its own: tasks that use the
+        // pool cannot starve it and get this replica declared dead.
         let heartbeat = Heartbeat::new(
             config.as_ref().into(),
-            parts.db.clone(),
+            parts.db.dedicated(),
             Arc::clone(&parts.liveness),
         );
         heartbeat.register_at_start().map_err(db_err)?;
@@ -426,10 +428,16 @@ fn spawn_consumers(
     alive: Sender<()>,
 ) -> Vec<JoinHandle<()>> {
     let cfg = &parts.config;
-    let (finisher, finish) = Finisher::new(HeldConn::new(parts.db.clone()));
+    // The batch writers have sessions of their own that never wait for a
+    // row lock: one locked row must not hold up a whole batch.
+    let (finisher, finish) = Finisher::new(
+        cfg.as_ref().into(),
+        HeldConn::new(parts.db.dedicated_without_lock_waits()),
+        Arc::clone(&parts.registry),
+    );
     let (starter, start) = Starter::new(
         cfg.as_ref().into(),
-        HeldConn::new(parts.db.clone()),
+        HeldConn::new(parts.db.dedicated_without_lock_waits()),
         finish.clone(),
     );
     let shared = Shared {

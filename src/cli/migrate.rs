@@ -17,6 +17,7 @@ pub fn run(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport
     let url = config.redacted_url();
     let quiet = DbHealth::quiet();
     let applied = Retry::new("applying the schema", &quiet)
+        .give_up_on_fatal()
         .until(deadline)
         .run(|| {
             migrate(&config.database_url, drop_replaced)
@@ -37,7 +38,7 @@ pub fn run(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport
             });
         }
     };
-    log::info!("schema applied to {url}: {report:?}");
+    log::info!("schema applied to {url}: {report}");
     if !report.kept_replaced.is_empty() {
         log::warn!(
             "kept the indexes this version replaced ({}) for replicas of the previous version; \

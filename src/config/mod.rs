@@ -23,7 +23,10 @@ use log::LevelFilter;
 use thiserror::Error;
 
 pub use settings::Config;
-pub use values::{default_pool_size, host_name, is_worker_name, redact_url, show_duration};
+pub use values::{
+    MAX_DURATION, default_pool_size, host_name, is_worker_name, min_pool_size, redact_url,
+    show_duration,
+};
 pub use vars::{DEFAULT_DATABASE_URL, DEFAULT_METRICS_ADDR, VARS, Var};
 
 use values::default_worker_name;
@@ -100,6 +103,17 @@ impl Config {
                 ),
             });
         }
+        let min_pool = min_pool_size(self.canceller_consumers);
+        if self.db_pool_size < min_pool {
+            return Err(ConfigError {
+                var: "DB_POOL_SIZE",
+                value: self.db_pool_size.to_string(),
+                expected: format!(
+                    "at least {min_pool}: the service's own threads hold 6 connections, plus one \
+                     per CANCELLER_CONSUMERS (tasks that use the database need more)"
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -117,6 +131,7 @@ impl Config {
             db_pool_size: 0,
             shutdown_timeout: Duration::ZERO,
             db_connect_timeout: Duration::ZERO,
+            db_statement_timeout: Duration::ZERO,
             log_level: LevelFilter::Info,
             worker_name: String::new(),
             heartbeat_interval: Duration::ZERO,

@@ -32,6 +32,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long start-up waits for the database.
     pub db_connect_timeout: Duration,
+    /// A statement without an answer this long is abandoned and retried.
+    pub db_statement_timeout: Duration,
     /// Log verbosity.
     pub log_level: LevelFilter,
     /// How this replica signs the rows it owns.

@@ -12,11 +12,21 @@ pub fn show_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
-/// Connections every thread may hold at once: one per consumer (a task may
-/// use one too, through `job.db`), one each for the starter, the completer
-/// and the publishers (jobs, canceller, watcher, heartbeat, rescuer,
-/// pruner), and one for the shutdown release.
+/// The fewest connections the service's own threads need from the pool at
+/// once: the jobs publisher holds one, the canceller publisher, the
+/// watcher, the rescuer, the pruner and the shutdown release take one for a
+/// moment, and so does each canceller consumer. (The heartbeat, the starter
+/// and the finisher have connections of their own, outside the pool.)
+/// Tasks that use `job.db` need more.
+pub fn min_pool_size(canceller_consumers: usize) -> u32 {
+    (6 + canceller_consumers).min(u32::MAX as usize) as u32
+}
+
+/// Connections every thread may hold at once: the service's own (see
+/// [`min_pool_size`]), and two per consumer, so tasks that use `job.db`
+/// (one or two connections each) do not wait for one.
 pub fn default_pool_size(job_consumers: usize, canceller_consumers: usize) -> u32 {
+    // (The heartbeat has a connection of its own, outside the pool.)
     (2 * job_consumers + canceller_consumers + 9).min(u32::MAX as usize) as u32
 }
 
@@ -89,14 +99,19 @@ pub(super) fn count<T: TryFrom<u64>>(value: &str) -> Result<T, String> {
         .ok_or_else(|| "a whole number from 1 to 100000".into())
 }
 
+/// The longest duration any variable takes: beyond it, deadlines and
+/// cut-offs computed from now leave the range of a `DATETIME`.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 pub(super) fn parse_duration(value: &str) -> Option<Duration> {
     humantime::parse_duration(value.trim())
         .ok()
-        .filter(|d| *d >= Duration::from_millis(1))
+        .filter(|d| *d >= Duration::from_millis(1) && *d <= MAX_DURATION)
 }
 
 pub(super) fn duration(value: &str) -> Result<Duration, String> {
-    parse_duration(value).ok_or_else(|| "a duration of at least 1ms, like 500ms, 2s or 1m".into())
+    parse_duration(value)
+        .ok_or_else(|| "a duration from 1ms to 100 years (36500d), like 500ms, 2s or 1m".into())
 }
 
 /// An IP address and port, or blank (off).

@@ -162,6 +162,22 @@ pub const VARS: &[Var] = &[
         show: |c| d(c.db_connect_timeout),
     },
     Var {
+        name: "DB_STATEMENT_TIMEOUT",
+        default: "30s",
+        help: "a statement without an answer this long is abandoned (its session killed) and retried",
+        read: Read::Plain,
+        set: |c, v| {
+            put(&mut c.db_statement_timeout, duration(v))?;
+            if c.db_statement_timeout < Duration::from_secs(2) {
+                return Err(
+                    "a duration of at least 2s (lock waits, at least 1s, must fit below it)".into(),
+                );
+            }
+            Ok(())
+        },
+        show: |c| d(c.db_statement_timeout),
+    },
+    Var {
         name: "LOG_LEVEL",
         default: "info",
         help: "error, warn, info, debug or trace",

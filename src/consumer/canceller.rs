@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
-use super::finisher::{Finish, Outcome, write_one};
-use crate::cancel::{Interrupt, Registry};
+use super::finisher::{Finish, Outcome, Scope, write_one};
+use crate::cancel::{Interrupt, Presence, Registry};
 use crate::config::Config;
 use crate::db::jobs::Dead;
 use crate::db::{Db, HeldConn};
@@ -26,12 +26,19 @@ pub struct CancellerConfig {
     /// The timeout of a job without one of its own (`JOB_TIMEOUT`), for the
     /// reason it writes.
     pub job_timeout: Duration,
+    /// This replica's name (`WORKER_NAME`).
+    pub worker: String,
+    /// A replica silent this long is dead (`WORKER_DEAD_AFTER`): the runs of
+    /// a live one are its own to cancel.
+    pub dead_after: Duration,
 }
 
 impl From<&Config> for CancellerConfig {
     fn from(c: &Config) -> Self {
         CancellerConfig {
             job_timeout: c.job_timeout,
+            worker: c.worker_name.clone(),
+            dead_after: c.worker_dead_after,
         }
     }
 }
@@ -44,15 +51,34 @@ pub struct Canceller {
 }
 
 impl Canceller {
+    /// Who cancels, for the write's condition.
+    fn scope(&self) -> Scope {
+        Scope {
+            worker: self.cfg.worker.clone(),
+            dead_after: self.cfg.dead_after,
+        }
+    }
+}
+
+impl Canceller {
     /// A canceller writing to `db` and interrupting tasks in `registry`.
     pub fn new(cfg: CancellerConfig, db: Db, registry: Arc<Registry>) -> Canceller {
         Canceller { cfg, db, registry }
     }
 
     /// Cancels one dead run. Returns `Some(true)` if this call cancelled it,
-    /// `Some(false)` if it had already ended or moved on, `None` if `stop`
-    /// closed before the write landed.
+    /// `Some(false)` if it had already ended or moved on, or is not this
+    /// replica's to cancel (its task here returned and its outcome is being
+    /// written; or it is a live replica's), `None` if `stop` closed before
+    /// the write landed.
     pub fn cancel_one(&self, dead: Dead, stop: &Receiver<()>) -> Option<bool> {
+        // Decided under the registry's lock: a task that returned first keeps
+        // its outcome; one still running is interrupted and cancelled.
+        let here = match self.registry.check_out(dead.run, Interrupt::Cancelled) {
+            Presence::Finishing => return Some(false),
+            Presence::Running => true,
+            Presence::Absent => false,
+        };
         let (limit, source) = match dead.timeout_ms {
             Some(ms) => (Duration::from_millis(ms), "its timeout"),
             None => (self.cfg.job_timeout, "JOB_TIMEOUT"),
@@ -65,7 +91,8 @@ impl Canceller {
             run: dead.run,
             outcome: Outcome::Cancelled(reason),
         };
-        let cancelled = match write_one(&mut HeldConn::new(self.db.clone()), &finish, stop) {
+        let mut held = HeldConn::new(self.db.clone());
+        let cancelled = match write_one(&mut held, &self.scope(), &finish, stop) {
             Ok(cancelled) => cancelled,
             Err(e) => {
                 log::warn!("{}: cancelling it: {e}", dead.run);
@@ -74,7 +101,6 @@ impl Canceller {
         };
         if cancelled {
             self.db.metrics().add(Counter::Cancelled, 1);
-            let here = self.registry.interrupt(dead.run, Interrupt::Cancelled);
             log::info!(
                 "job {} cancelled: past {source}{}",
                 dead.run.id,

@@ -34,6 +34,8 @@ use crate::bucket::Bucket;
 use crate::cancel::Registry;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::jobs::MAX_TIMEOUT_MS;
+use crate::db::retry::Backoff;
 use crate::job::Job;
 use crate::metrics::Counter;
 use crate::runtime::channel::wants_refill;
@@ -153,23 +155,52 @@ impl Consumer {
         if !self.token() {
             return Handled::NotStarted;
         }
-        match self.ch.starter.start(job.run()) {
+        match self.start(&job) {
             Started::Yes => {}
             Started::Lost => return self.lost(&job, "starting"),
             Started::Failed(_) => return Handled::Rejected,
-            Started::Stopped => return Handled::NotStarted,
+            Started::Busy | Started::Stopped => return Handled::NotStarted,
         }
         let ended = self.execute(&job, task.as_ref(), &ctx);
-        if let Some(outcome) = judge(
+        match judge(
             &ctx,
             ended,
             self.cfg.retry_backoff,
             self.cfg.shutdown_timeout,
         ) {
-            self.report(&job, &outcome);
-            self.ch.finisher.finish(job.run(), outcome);
+            Some(outcome) => {
+                self.report(&job, &outcome);
+                self.ch.finisher.finish(job.run(), outcome);
+            }
+            // Cancelled elsewhere: the row says so already.
+            None => self.shared.registry.forget(job.run()),
         }
         Handled::Ran
+    }
+
+    /// Has the starter start `job`, asking again (after a growing delay)
+    /// while another session holds its row locked: only this job waits.
+    fn start(&self, job: &Job) -> Started {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut said = false;
+        loop {
+            let answer = self.ch.starter.start(job.run());
+            if answer != Started::Busy {
+                return answer;
+            }
+            if !said {
+                log::info!(
+                    "job {}: its row is locked by another session; waiting to start it",
+                    job.id
+                );
+                said = true;
+            }
+            self.ch.starter.before_wait();
+            select! {
+                recv(self.ch.stop_taking) -> _ => return Started::Stopped,
+                default(backoff.next_delay()) => {}
+            }
+        }
     }
 
     fn context(&self, job: &Job) -> JobContext {
@@ -187,6 +218,12 @@ impl Consumer {
 
     /// The task for the job's kind, once it accepted the job's input.
     fn check(&self, job: &Job, ctx: &JobContext) -> Result<Arc<dyn Task>, String> {
+        if let Some(ms) = job.timeout_ms.filter(|ms| *ms > MAX_TIMEOUT_MS) {
+            return Err(format!(
+                "cannot start: its timeout of {ms} ms is more than 100 years \
+                 ({MAX_TIMEOUT_MS} ms, the longest a timeout can be)"
+            ));
+        }
         let tasks = &self.shared.tasks;
         let Some(task) = tasks.get(&job.kind) else {
             return Err(format!(
@@ -225,11 +262,10 @@ impl Consumer {
         let registry = &self.shared.registry;
         let cancel = registry.start(job.run());
         let result = catch_unwind(AssertUnwindSafe(|| task.run(ctx, &cancel)));
-        self.shared
-            .db
-            .metrics()
-            .observe_run(registry.finish(job.id));
-        match cancel.interrupted() {
+        // Whichever came first, the task's return or an interrupt, decides.
+        let (ran, interrupted) = registry.returned(job.run());
+        self.shared.db.metrics().observe_run(ran);
+        match interrupted {
             Some(why) => Ended::Interrupted(why),
             None => Ended::Returned(result),
         }

@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::finisher::{FinisherHandle, Outcome};
 use crate::config::Config;
 use crate::db::HeldConn;
-use crate::db::jobs::{job_start_many, jobs_in_status};
+use crate::db::jobs::{Locks, RunsState, job_runs_state, job_start_many};
 use crate::db::retry::{GaveUp, Retry};
 use crate::job::{Run, status};
 use crate::metrics::Counter;
@@ -66,6 +66,9 @@ pub enum Started {
     Yes,
     /// This replica no longer holds the job (released, rescued, cancelled).
     Lost,
+    /// Another session holds the job's row locked: not started; ask again
+    /// later.
+    Busy,
     /// The server refused to start this row (a value out of range, say): it
     /// is being marked `FAILED!` with the reason.
     Failed(String),
@@ -284,15 +287,17 @@ impl Starter {
     fn start_batch(&mut self, stop: &Receiver<()>, batch: Vec<StartRequest>) -> Vec<usize> {
         let runs: Vec<Run> = batch.iter().map(|r| r.run).collect();
         match self.write(stop, &runs) {
-            Ok(started) => {
+            Ok(state) => {
                 let metrics = self.held.db().metrics();
-                metrics.add(Counter::Started, started.len() as u64);
+                metrics.add(Counter::Started, state.written.len() as u64);
                 metrics.add(Counter::StartBatches, 1);
                 let mut yes = Vec::with_capacity(batch.len());
                 for r in batch {
-                    if started.contains(&r.run) {
+                    if state.written.contains(&r.run) {
                         yes.push(r.consumer);
                         r.answer(Started::Yes);
+                    } else if state.waiting.contains(&r.run) {
+                        r.answer(Started::Busy);
                     } else {
                         r.answer(Started::Lost);
                     }
@@ -319,10 +324,11 @@ impl Starter {
     }
 
     /// Writes the starts until they land or `stop` closes; returns the runs
-    /// now `STARTED!`. When fewer rows changed than were asked, or after a
-    /// retry (an earlier try may have landed before its reply was lost), the
-    /// rows are read back.
-    fn write(&mut self, stop: &Receiver<()>, runs: &[Run]) -> Result<Vec<Run>, GaveUp> {
+    /// now `STARTED!` and those whose row another session holds locked.
+    /// When fewer rows changed than were asked, or after a retry (an earlier
+    /// try may have landed before its reply was lost), the rows are read
+    /// back.
+    fn write(&mut self, stop: &Receiver<()>, runs: &[Run]) -> Result<RunsState, GaveUp> {
         let timeout = self.cfg.job_timeout;
         let mut tries = 0;
         let db = self.held.db().clone();
@@ -331,11 +337,21 @@ impl Starter {
             .run(|| {
                 tries += 1;
                 self.held.run(|c| {
-                    let changed = job_start_many(c, runs, timeout)?;
+                    let changed = match job_start_many(c, runs, timeout, Locks::Wait) {
+                        Err(e) if Locks::met_a_lock(&e) => {
+                            // Start what is free; the locked runs wait.
+                            job_start_many(c, runs, timeout, Locks::Skip)?;
+                            return job_runs_state(c, runs, status::QUEUED, Some(status::STARTED));
+                        }
+                        other => other?,
+                    };
                     if changed as usize == runs.len() && tries == 1 {
-                        return Ok(runs.to_vec());
+                        return Ok(RunsState {
+                            written: runs.to_vec(),
+                            waiting: Vec::new(),
+                        });
                     }
-                    jobs_in_status(c, runs, status::STARTED)
+                    job_runs_state(c, runs, status::QUEUED, Some(status::STARTED))
                 })
             })
     }

@@ -7,8 +7,9 @@
 
 use mysql::{Row, params};
 
+use super::conn::Connection;
 use super::error::{DbError, DbResult};
-use super::pool::{Connection, id_list};
+use super::pool::id_list;
 use super::row::{col, first};
 use crate::job::{Job, Run};
 

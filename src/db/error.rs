@@ -107,14 +107,33 @@ impl DbError {
     }
 }
 
-/// What an error code the server answered with means.
+/// What an error code the server answered with means. Only an error about
+/// the row's data is [`ErrorKind::BadInput`]; one about the server's or the
+/// cluster's state is an outage or a retry, so it never fails or cancels a
+/// job; an unknown code is retried.
 pub fn code_kind(code: u16) -> ErrorKind {
     match code {
-        // Lock wait timeout, deadlock, and the server's limit on prepared
-        // statements (1461: other clients hold them all; the start batch is
-        // prepared), which says nothing about the rows.
-        1205 | 1213 | 1461 => ErrorKind::Transient,
-        _ => ErrorKind::BadInput,
+        // The value does not fit its column or is not valid for it: out of
+        // range (1264, 1690), truncated (1265), incorrect (1292, 1366, 1367,
+        // 1411), too long (1406), NULL where not allowed (1048), a datetime
+        // overflow (1441), invalid JSON (3140, 4025), a duplicate key
+        // (1062), a foreign key (1451, 1452), a check constraint (3819).
+        1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1441 | 1451 | 1452
+        | 1690 | 3140 | 3819 | 4025 => ErrorKind::BadInput,
+        // Access denied (1044, 1045, 1142, 1143, 1227), an unknown database
+        // (1049), table (1146) or column (1054): a retry will not help.
+        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 => ErrorKind::Fatal,
+        // The server cannot take the statement now: read-only (1290, 1836),
+        // a Galera node not synced or a commit the cluster refused (1047,
+        // 1180), shutting down (1053), the session killed or interrupted
+        // (1317, 1927), out of connections (1040, 1203), a network error
+        // (1152, 1158-1161).
+        1040 | 1047 | 1053 | 1152 | 1158..=1161 | 1180 | 1203 | 1290 | 1317 | 1836 | 1927 => {
+            ErrorKind::Outage
+        }
+        // Lock wait timeout, deadlock (Galera's certification conflicts too),
+        // too many prepared statements or transactions, and anything else.
+        _ => ErrorKind::Transient,
     }
 }
 
@@ -143,6 +162,24 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Outage);
         assert!(!e.is_server_error());
         assert_eq!(e.code(), None);
+    }
+
+    #[test]
+    fn only_errors_about_the_data_are_bad_input() {
+        for code in [1264, 1406, 1366, 1690, 1441, 3140] {
+            assert_eq!(server(code).kind(), ErrorKind::BadInput, "{code}");
+        }
+        for code in [1290, 1836, 1047, 1180, 1040, 1927] {
+            assert_eq!(server(code).kind(), ErrorKind::Outage, "{code}");
+        }
+        for code in [1045, 1049, 1146] {
+            assert_eq!(server(code).kind(), ErrorKind::Fatal, "{code}");
+        }
+        assert_eq!(
+            server(9999).kind(),
+            ErrorKind::Transient,
+            "unknown: retried"
+        );
     }
 
     #[test]

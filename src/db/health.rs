@@ -6,15 +6,24 @@
 //! in the process's [`Metrics`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::error::{DbError, ErrorKind};
 use crate::metrics::{Counter, Metrics};
+
+/// How long after an outage ends a connection failure is taken as its tail
+/// rather than as a new outage.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Outage tracking shared by everything that uses one pool.
 #[derive(Debug, Default)]
 pub struct DbHealth {
     down_since: Mutex<Option<Instant>>,
+    /// When the last outage ended.
+    back_at: Mutex<Option<Instant>>,
+    /// The last error that will not fix itself (a missing table), until a
+    /// call succeeds again.
+    refusal: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
     quiet: bool,
 }
@@ -24,6 +33,8 @@ impl DbHealth {
     pub fn new(metrics: Arc<Metrics>) -> DbHealth {
         DbHealth {
             down_since: Mutex::new(None),
+            back_at: Mutex::new(None),
+            refusal: Mutex::new(None),
             metrics,
             quiet: false,
         }
@@ -42,17 +53,24 @@ impl DbHealth {
     /// error the server answered with is logged as is.
     pub fn failed(&self, what: &str, err: &DbError) {
         self.metrics.add(Counter::DbErrors, 1);
+        if err.kind() == ErrorKind::Fatal {
+            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+        }
         if self.quiet {
             return;
         }
         if err.kind() != ErrorKind::Outage {
             // The server is there and said no: not an outage, but worth a
-            // line each time (a lock wait timeout, a permission).
-            log::warn!("{what}: {err}; retrying");
+            // line each time (a lock wait timeout, a missing table).
+            log::warn!("{what}: {}; retrying", describe(err));
             return;
         }
         let mut down = self.lock();
-        if down.is_none() {
+        if down.is_none() && self.settling() {
+            // The tail of the outage that just ended: some connections come
+            // back a moment later than others.
+            log::debug!("{what}: {err} (just after the database came back)");
+        } else if down.is_none() {
             *down = Some(Instant::now());
             self.metrics.add(Counter::DbOutages, 1);
             log::warn!("database unavailable ({what}: {err}); retrying with backoff");
@@ -64,13 +82,42 @@ impl DbHealth {
     /// Records that the server answered; logs once when that ends an outage.
     pub fn ok(&self) {
         let mut down = self.lock();
-        if let Some(since) = down.take().filter(|_| !self.quiet) {
+        let Some(since) = down.take() else {
+            return;
+        };
+        *self.back_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        if !self.quiet {
             log::info!(
                 "database is back after {:.1}s ({} failed calls retried so far)",
                 since.elapsed().as_secs_f64(),
                 self.failures()
             );
         }
+    }
+
+    /// Whether an outage ended moments ago ([`SETTLE`]).
+    fn settling(&self) -> bool {
+        self.back_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < SETTLE)
+    }
+
+    /// Records that a statement succeeded: an earlier refusal is over.
+    pub fn worked(&self) {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// The last error that will not fix itself, while no call has succeeded
+    /// since (`/readyz` reports it).
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the last call failed.
@@ -90,6 +137,17 @@ impl DbHealth {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.down_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An error, with what it means where the server's words are not enough.
+pub fn describe(err: &DbError) -> String {
+    match err.code() {
+        Some(1205) => format!(
+            "a lock wait timed out: another session holds a lock this statement needs (a row \
+             lock, or a table's metadata lock while an ALTER TABLE waits for it) ({err})"
+        ),
+        _ => err.to_string(),
     }
 }
 
@@ -121,5 +179,10 @@ mod tests {
         );
         assert!(!health.is_down());
         assert_eq!(health.episodes(), 0);
+        assert!(health.refusal().unwrap().contains("missing"));
+        health.ok();
+        assert!(health.refusal().is_some(), "a checkout is not a statement");
+        health.worked();
+        assert_eq!(health.refusal(), None);
     }
 }

@@ -5,13 +5,23 @@
 //! from a replica that lost the claim (the job was released, rescued or
 //! cancelled while it was paused or cut off) changes nothing and reports 0
 //! rows. Batches stay one statement of any size: ids are integers, inlined.
+//!
+//! Every write comes in two forms ([`Locks`]): the plain one, which waits
+//! for a row another session holds locked (the batch writers' sessions give
+//! up at once), and one that skips such rows, which costs the server more
+//! and so runs only after a plain one met a lock. A client that keeps one
+//! job's row locked then delays that job's write alone, never a whole
+//! batch. A write that changed fewer rows than asked is read back
+//! ([`job_runs_state`]) to tell runs lost to another replica from runs whose
+//! row was locked (and is tried again later).
 
 use std::time::Duration;
 
 use mysql::{Row, params};
 
-use super::error::DbResult;
-use super::pool::{Connection, id_list};
+use super::conn::Connection;
+use super::error::{DbError, DbResult};
+use super::pool::id_list;
 use super::row::col;
 use crate::job::Run;
 
@@ -26,18 +36,23 @@ pub struct Dead {
 }
 
 /// The canceller's query: running jobs past their deadline (set when they
-/// started, from the job's `timeout` or the service's `JOB_TIMEOUT`), and
-/// rows started before deadlines were recorded that have run longer than
-/// `timeout`. Both parts use the `(is_running, deadline_at, started_at)`
-/// index.
+/// started, from the job's `timeout` or the service's `JOB_TIMEOUT`); rows
+/// started before deadlines were recorded that have run longer than
+/// `timeout`; and rows an older service left `STARTED!` without even a
+/// `started_at`, once `timeout` has passed since they were queued (or
+/// created). All three parts use the `(is_running, deadline_at,
+/// started_at)` index.
 pub fn dead_select_sql(timeout: Duration, limit: usize) -> String {
+    let ago = format!("NOW(6) - INTERVAL {} MICROSECOND", timeout.as_micros());
     format!(
         "(SELECT id, lease, timeout FROM jobs WHERE is_running = 1 AND deadline_at < NOW(6) \
          ORDER BY deadline_at LIMIT {limit}) \
          UNION ALL \
          (SELECT id, lease, timeout FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
-         AND started_at < NOW(6) - INTERVAL {} MICROSECOND ORDER BY started_at LIMIT {limit})",
-        timeout.as_micros()
+         AND started_at < {ago} ORDER BY started_at LIMIT {limit}) \
+         UNION ALL \
+         (SELECT id, lease, timeout FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
+         AND started_at IS NULL AND COALESCE(queued_at, created_at) < {ago} LIMIT {limit})"
     )
 }
 
@@ -66,10 +81,51 @@ fn run_of(row: &mut Row) -> DbResult<Run> {
     })
 }
 
+/// What a write does about a row another session holds locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locks {
+    /// Waits for it, up to the session's lock wait timeout: the plain
+    /// statement, the cheapest.
+    Wait,
+    /// Skips it: that row is left as it is (and reads back as still
+    /// waiting).
+    Skip,
+}
+
+impl Locks {
+    /// `UPDATE jobs SET {set} WHERE {rows} AND {cond}`, or, skipping locked
+    /// rows, an `UPDATE` of the rows `{rows}` finds that no other session
+    /// holds locked. The derived table comes first and the rows are read by
+    /// primary key (`STRAIGHT_JOIN`, `FORCE INDEX`), so the statement
+    /// touches, and locks, only the rows it found free, whatever the
+    /// optimizer would make of a small table. `{cond}` must write `jobs.id`.
+    pub fn update(self, rows: &str, set: &str, cond: &str) -> String {
+        match self {
+            Locks::Wait => format!("UPDATE jobs SET {set} WHERE {rows} AND {cond}"),
+            Locks::Skip => format!(
+                "UPDATE (SELECT id FROM jobs WHERE {rows} FOR UPDATE SKIP LOCKED) AS free \
+                 STRAIGHT_JOIN jobs FORCE INDEX (PRIMARY) ON jobs.id = free.id \
+                 SET {set} WHERE {cond}"
+            ),
+        }
+    }
+
+    /// Whether a write that failed with `e` met a locked row, and is worth
+    /// doing again skipping locked rows.
+    pub fn met_a_lock(e: &DbError) -> bool {
+        e.code() == Some(1205)
+    }
+}
+
+/// The longest timeout a run gets, in milliseconds: 100 years. A longer one
+/// (a row's `timeout` can hold any BIGINT) would put its deadline past the
+/// range of a `DATETIME`; this far out, it is no timeout.
+pub const MAX_TIMEOUT_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
 /// `lease = CASE id WHEN 1 THEN 7 ... END`: each row's own lease in one
 /// condition, so a batch stays one statement that reads rows by primary key.
 fn lease_matches(runs: &[Run]) -> String {
-    let mut s = String::from("lease = CASE id");
+    let mut s = String::from("lease = CASE jobs.id");
     for run in runs {
         s.push_str(&format!(" WHEN {} THEN {}", run.id, run.lease));
     }
@@ -80,12 +136,27 @@ fn lease_matches(runs: &[Run]) -> String {
 /// The start statement for `size` jobs: the default timeout in
 /// milliseconds, then `size` ids, then `size` (id, lease) pairs.
 pub fn start_many_sql(size: usize) -> String {
-    format!(
-        "UPDATE jobs SET status = 'STARTED!', started_at = NOW(6), attempts = attempts + 1, \
-         deadline_at = NOW(6) + INTERVAL COALESCE(timeout, ?) * 1000 MICROSECOND \
-         WHERE id IN ({}) AND status = 'QUEUED!' AND lease = CASE id{} END",
-        vec!["?"; size].join(", "),
-        " WHEN ? THEN ?".repeat(size)
+    start_sql(size, Locks::Wait)
+}
+
+/// [`start_many_sql`] skipping locked rows: `size` ids come first, then the
+/// default timeout, then the pairs.
+pub fn start_many_skip_locked_sql(size: usize) -> String {
+    start_sql(size, Locks::Skip)
+}
+
+fn start_sql(size: usize, locks: Locks) -> String {
+    locks.update(
+        &format!("id IN ({})", vec!["?"; size].join(", ")),
+        &format!(
+            "status = 'STARTED!', started_at = NOW(6), attempts = attempts + 1, \
+             deadline_at = NOW(6) + INTERVAL LEAST(COALESCE(timeout, ?), {MAX_TIMEOUT_MS}) \
+             * 1000 MICROSECOND"
+        ),
+        &format!(
+            "status = 'QUEUED!' AND lease = CASE jobs.id{} END",
+            " WHEN ? THEN ?".repeat(size)
+        ),
     )
 }
 
@@ -94,7 +165,12 @@ pub fn start_many_sql(size: usize) -> String {
 /// column winning), for the runs whose claim still holds. Committed before
 /// the tasks begin, so an attempt starts at most once. Returns how many rows
 /// changed.
-pub fn job_start_many(conn: &mut Connection, runs: &[Run], timeout: Duration) -> DbResult<u64> {
+pub fn job_start_many(
+    conn: &mut Connection,
+    runs: &[Run],
+    timeout: Duration,
+    locks: Locks,
+) -> DbResult<u64> {
     let Some(&last) = runs.last() else {
         return Ok(0);
     };
@@ -112,39 +188,47 @@ pub fn job_start_many(conn: &mut Connection, runs: &[Run], timeout: Duration) ->
             .take(size)
     };
     let mut params: Vec<mysql::Value> = Vec::with_capacity(1 + 3 * size);
-    params.push(default_ms.into());
-    params.extend(padded().map(|r| r.id.into()));
+    // The placeholders in the order they stand in the statement's text.
+    match locks {
+        Locks::Wait => {
+            params.push(default_ms.into());
+            params.extend(padded().map(|r| r.id.into()));
+        }
+        Locks::Skip => {
+            params.extend(padded().map(|r| r.id.into()));
+            params.push(default_ms.into());
+        }
+    }
     for run in padded() {
         params.push(run.id.into());
         params.push(run.lease.into());
     }
-    conn.exec_drop(start_many_sql(size), params)?;
+    conn.exec_drop(start_sql(size, locks), params)?;
     Ok(conn.affected_rows())
 }
 
 /// [`job_start_many`] for one run: whether it started.
 pub fn job_start(conn: &mut Connection, run: Run, timeout: Duration) -> DbResult<bool> {
-    Ok(job_start_many(conn, &[run], timeout)? == 1)
+    Ok(job_start_many(conn, &[run], timeout, Locks::Wait)? == 1)
 }
 
 /// Marks running jobs `DONE!` with `finished_at`, for the runs that still
 /// hold them. Returns how many rows changed.
-pub fn job_finish_many(conn: &mut Connection, runs: &[Run]) -> DbResult<u64> {
+pub fn job_finish_many(conn: &mut Connection, runs: &[Run], locks: Locks) -> DbResult<u64> {
     if runs.is_empty() {
         return Ok(0);
     }
-    conn.query_drop(format!(
-        "UPDATE jobs SET status = 'DONE!', finished_at = NOW(6), error = NULL \
-         WHERE id IN ({}) AND status = 'STARTED!' AND {}",
-        id_list(runs.iter().map(|r| r.id)),
-        lease_matches(runs)
+    conn.query_drop(locks.update(
+        &format!("id IN ({})", id_list(runs.iter().map(|r| r.id))),
+        "status = 'DONE!', finished_at = NOW(6), error = NULL",
+        &format!("status = 'STARTED!' AND {}", lease_matches(runs)),
     ))?;
     Ok(conn.affected_rows())
 }
 
 /// [`job_finish_many`] for one run: whether it finished.
 pub fn job_finish(conn: &mut Connection, run: Run) -> DbResult<bool> {
-    Ok(job_finish_many(conn, &[run])? == 1)
+    Ok(job_finish_many(conn, &[run], Locks::Wait)? == 1)
 }
 
 /// A failure to record.
@@ -160,42 +244,135 @@ pub struct Failure<'a> {
 /// Marks a run `FAILED!` with the reason, if it is still in the expected
 /// status under its lease. The reason also goes, as one more line, into
 /// `errors`, which keeps every failed attempt's error.
-pub fn job_fail(conn: &mut Connection, run: Run, failure: &Failure) -> DbResult<bool> {
+pub fn job_fail(
+    conn: &mut Connection,
+    run: Run,
+    failure: &Failure,
+    locks: Locks,
+) -> DbResult<bool> {
     let Failure { expected, reason } = *failure;
     conn.exec_drop(
-        "UPDATE jobs SET status = 'FAILED!', finished_at = NOW(6), error = :reason, \
-         errors = CONCAT(COALESCE(errors, ''), :reason, CHAR(10)) \
-         WHERE id = :id AND lease = :lease AND status = :expected",
+        locks.update(
+            "id = :id",
+            "status = 'FAILED!', finished_at = NOW(6), error = :reason, \
+             errors = CONCAT(COALESCE(errors, ''), :reason, CHAR(10))",
+            "lease = :lease AND status = :expected",
+        ),
         params! { "id" => run.id, "lease" => run.lease, expected, reason },
     )?;
     Ok(conn.affected_rows() == 1)
 }
 
+/// A retry to record.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry<'a> {
+    /// The attempt's error.
+    pub reason: &'a str,
+    /// Not to be claimed again before this long from now.
+    pub delay: Duration,
+}
+
 /// Puts a running job whose attempt failed with a retryable error back to
-/// new, not to be claimed before `delay` from now, keeping the error in
-/// `error` and as one more line in `errors`.
-pub fn job_retry(conn: &mut Connection, run: Run, reason: &str, delay: Duration) -> DbResult<bool> {
-    let delay_us = delay.as_micros().min(u64::MAX as u128) as u64;
+/// new, not to be claimed before the retry's delay from now, keeping the
+/// error in `error` and as one more line in `errors`.
+pub fn job_retry(conn: &mut Connection, run: Run, retry: &Retry, locks: Locks) -> DbResult<bool> {
+    let reason = retry.reason;
+    let delay_us = retry.delay.as_micros().min(u64::MAX as u128) as u64;
     conn.exec_drop(
-        "UPDATE jobs SET status = NULL, owner = NULL, queued_at = NULL, started_at = NULL, \
-         deadline_at = NULL, run_at = NOW(6) + INTERVAL :delay_us MICROSECOND, error = :reason, \
-         errors = CONCAT(COALESCE(errors, ''), :reason, CHAR(10)) \
-         WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
+        locks.update(
+            "id = :id",
+            "status = NULL, owner = NULL, queued_at = NULL, started_at = NULL, \
+             deadline_at = NULL, run_at = NOW(6) + INTERVAL :delay_us MICROSECOND, \
+             error = :reason, errors = CONCAT(COALESCE(errors, ''), :reason, CHAR(10))",
+            "lease = :lease AND status = 'STARTED!'",
+        ),
         params! { "id" => run.id, "lease" => run.lease, reason, delay_us },
     )?;
     Ok(conn.affected_rows() == 1)
 }
 
+/// Whose writes a cancellation defers to: a run of another replica that is
+/// alive is that replica's to end (it may have finished the task and be
+/// about to write `DONE!`, delayed by an outage or a lock).
+#[derive(Debug, Clone, Copy)]
+pub struct Canceller<'a> {
+    /// The cancelling replica's name: its own runs it cancels itself.
+    pub worker: &'a str,
+    /// A replica whose heartbeat is older than this is dead
+    /// (`WORKER_DEAD_AFTER`).
+    pub dead_after: Duration,
+}
+
 /// Cancels a running job: `CANCELLED!`, with `cancelled_at` and
 /// `finished_at` equal and the reason in `error`, if that run is still
-/// `STARTED!`.
-pub fn job_cancel(conn: &mut Connection, run: Run, reason: &str) -> DbResult<bool> {
+/// `STARTED!` and its owner is this replica, or no live one.
+pub fn job_cancel(
+    conn: &mut Connection,
+    run: Run,
+    reason: &str,
+    by: &Canceller,
+    locks: Locks,
+) -> DbResult<bool> {
+    let worker = by.worker;
     conn.exec_drop(
-        "UPDATE jobs SET status = 'CANCELLED!', cancelled_at = NOW(6), finished_at = NOW(6), \
-         error = :reason WHERE id = :id AND lease = :lease AND status = 'STARTED!'",
-        params! { "id" => run.id, "lease" => run.lease, reason },
+        locks.update(
+            "id = :id",
+            "status = 'CANCELLED!', cancelled_at = NOW(6), finished_at = NOW(6), error = :reason",
+            &format!(
+                "lease = :lease AND status = 'STARTED!' AND (owner <=> :worker OR NOT EXISTS \
+                 (SELECT 1 FROM workers WHERE workers.name = jobs.owner \
+                 AND workers.heartbeat_at >= NOW(6) - INTERVAL {} MICROSECOND))",
+                by.dead_after.as_micros()
+            ),
+        ),
+        params! { "id" => run.id, "lease" => run.lease, reason, worker },
     )?;
     Ok(conn.affected_rows() == 1)
+}
+
+/// Where each of the given runs stands, read back after a write that
+/// changed fewer rows than asked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunsState {
+    /// In the status the write sets, under the run's lease: written.
+    pub written: Vec<Run>,
+    /// Still in the status the write expected, under the run's lease: the
+    /// row was locked by another session; try again later.
+    pub waiting: Vec<Run>,
+}
+
+/// Sorts `runs` by where their rows stand: in `target` (written), still in
+/// `expected` (waiting), or neither (the run no longer holds the row; left
+/// out of both). A `target` of `None` is a row back to new (a retry).
+pub fn job_runs_state(
+    conn: &mut Connection,
+    runs: &[Run],
+    expected: &str,
+    target: Option<&str>,
+) -> DbResult<RunsState> {
+    if runs.is_empty() {
+        return Ok(RunsState::default());
+    }
+    let rows: Vec<(Run, Option<String>)> = conn.query_rows(
+        format!(
+            "SELECT id, lease, status FROM jobs WHERE id IN ({})",
+            id_list(runs.iter().map(|r| r.id))
+        ),
+        |mut row| Ok((run_of(&mut row)?, col(&mut row, "status")?)),
+    )?;
+    let mut state = RunsState::default();
+    for run in runs {
+        let status = rows
+            .iter()
+            .find(|(r, _)| r == run)
+            .map(|(_, status)| status.as_deref());
+        match status {
+            Some(s) if s == Some(expected) => state.waiting.push(*run),
+            Some(s) if s == target => state.written.push(*run),
+            _ => {}
+        }
+    }
+    Ok(state)
 }
 
 /// Of the given runs, those whose row is in `status` under that lease.

@@ -12,8 +12,9 @@
 
 use mysql::{Opts, OptsBuilder};
 
+use super::conn::Connection;
 use super::error::{DbError, DbResult};
-use super::pool::{Connection, opts_from_url};
+use super::pool::opts_from_url;
 use super::row::first;
 
 /// The schema, embedded in the binary.
@@ -118,11 +119,46 @@ pub fn migrate(url: &str, drop_replaced: bool) -> DbResult<MigrateReport> {
     Ok(report)
 }
 
+impl std::fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.created_database {
+            parts.push("created the database".to_string());
+        }
+        let list = |what: &str, names: &[String]| format!("{what} {}", names.join(", "));
+        for (what, names) in [
+            ("created tables", &self.created_tables),
+            ("added columns", &self.added_columns),
+            ("added indexes", &self.added_indexes),
+            ("dropped indexes", &self.dropped_indexes),
+        ] {
+            if !names.is_empty() {
+                parts.push(list(what, names));
+            }
+        }
+        if self.exact_statuses {
+            parts.push(format!("gave jobs.status the {STATUS_COLLATION} collation"));
+        }
+        if parts.is_empty() {
+            parts.push("already up to date".into());
+        }
+        if !self.kept_replaced.is_empty() {
+            parts.push(list("kept the replaced indexes", &self.kept_replaced));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// What `migrate` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MigrateReport {
     /// The database did not exist and was created.
     pub created_database: bool,
+    /// Tables that did not exist and were created.
+    pub created_tables: Vec<String>,
+    /// `jobs.status` compared case-insensitively and was given its binary
+    /// collation.
+    pub exact_statuses: bool,
     /// Columns added to an existing `jobs` table.
     pub added_columns: Vec<String>,
     /// Indexes added to an existing `jobs` table.
@@ -134,28 +170,24 @@ pub struct MigrateReport {
 }
 
 /// Applies the schema on an open connection; with `drop_replaced`, drops
-/// the indexes this version replaced too.
+/// the indexes this version replaced too. Only what is missing is created
+/// or added, so on an up-to-date schema it sends no DDL at all (an account
+/// that may only read and write the tables can run it).
 pub fn apply(
     conn: &mut Connection,
     report: &mut MigrateReport,
     drop_replaced: bool,
 ) -> DbResult<()> {
+    let tables = table_names(conn)?;
     for statement in schema_statements() {
-        conn.query_drop(statement)?;
-    }
-    let columns: Vec<String> = conn.query_rows(
-        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
-        first,
-    )?;
-    for (name, definition) in ADDED_COLUMNS {
-        if !columns.iter().any(|c| c.eq_ignore_ascii_case(name)) {
-            tolerate_race(
-                conn.query_drop(format!("ALTER TABLE jobs ADD COLUMN `{name}` {definition}")),
-            )?;
-            report.added_columns.push(name.to_string());
+        let table = created_table(&statement);
+        if !tables.iter().any(|t| t.eq_ignore_ascii_case(table)) {
+            conn.query_drop(&statement)?;
+            report.created_tables.push(table.to_string());
         }
     }
+    add_columns(conn, report)?;
+    exact_statuses(conn, report)?;
     let indexes = index_names(conn)?;
     for (name, cols) in INDEXES {
         if !indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
@@ -181,6 +213,81 @@ pub fn apply(
             }
         }
     }
+    Ok(())
+}
+
+/// The table a `CREATE TABLE IF NOT EXISTS name (...)` statement creates.
+fn created_table(statement: &str) -> &str {
+    statement
+        .trim_start_matches("CREATE TABLE IF NOT EXISTS")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+}
+
+/// The tables of this database.
+fn table_names(conn: &mut Connection) -> DbResult<Vec<String>> {
+    conn.query_rows(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
+        first,
+    )
+}
+
+/// The columns of `jobs`.
+fn column_names(conn: &mut Connection) -> DbResult<Vec<String>> {
+    conn.query_rows(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
+        first,
+    )
+}
+
+/// Adds the columns added after the original service that `jobs` lacks.
+fn add_columns(conn: &mut Connection, report: &mut MigrateReport) -> DbResult<()> {
+    let columns = column_names(conn)?;
+    for (name, definition) in ADDED_COLUMNS {
+        if !columns.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+            tolerate_race(
+                conn.query_drop(format!("ALTER TABLE jobs ADD COLUMN `{name}` {definition}")),
+            )?;
+            report.added_columns.push(name.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The collation `status` must have: binary, so `'queued!'` (a client's own
+/// marker) is not `'QUEUED!'`, and statuses group exactly.
+pub const STATUS_COLLATION: &str = "utf8mb4_bin";
+
+/// The collation of `jobs.status`.
+fn status_collation(conn: &mut Connection) -> DbResult<Option<String>> {
+    let found: Vec<Option<String>> = conn.query_rows(
+        "SELECT COLLATION_NAME FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs' AND COLUMN_NAME = 'status'",
+        first,
+    )?;
+    Ok(found.into_iter().next().flatten())
+}
+
+/// Gives `status` its binary collation, if an earlier version's table
+/// compares it case-insensitively. The derived columns are redefined in the
+/// same statement, so their indexes are rebuilt with exact comparisons (a
+/// collation change alone leaves them as they were). This rebuilds `jobs`
+/// once.
+fn exact_statuses(conn: &mut Connection, report: &mut MigrateReport) -> DbResult<()> {
+    if status_collation(conn)?.as_deref() == Some(STATUS_COLLATION) {
+        return Ok(());
+    }
+    let mut alter = format!(
+        "ALTER TABLE jobs MODIFY status VARCHAR(32) CHARACTER SET utf8mb4 COLLATE \
+         {STATUS_COLLATION} NULL"
+    );
+    for (name, definition) in ADDED_COLUMNS.iter().filter(|(_, d)| d.contains(" AS (")) {
+        alter.push_str(&format!(", MODIFY `{name}` {definition}"));
+    }
+    conn.query_drop(alter)?;
+    report.exact_statuses = true;
     Ok(())
 }
 
@@ -242,6 +349,13 @@ pub fn check(conn: &mut Connection) -> DbResult<()> {
         return Err(DbError::Schema(format!(
             "column jobs.{c} is missing: run `background-processing migrate` to upgrade the table"
         )));
+    }
+    if status_collation(conn)?.as_deref() != Some(STATUS_COLLATION) {
+        return Err(DbError::Schema(
+            "column jobs.status compares statuses case-insensitively: run \
+             `background-processing migrate` to upgrade the table"
+                .into(),
+        ));
     }
     // The claim names its index: without it every claim would fail.
     let indexes = index_names(conn)?;

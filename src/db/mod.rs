@@ -1,8 +1,9 @@
 //! The database: an r2d2 pool of blocking `mysql` connections, and every SQL
 //! statement the service sends.
 //!
-//! - [`pool`]: the pool, the [`Connection`] every statement runs on, and
-//!   waiting for the server at start-up;
+//! - [`conn`]: the [`Connection`] every statement runs on; [`pool`]: the
+//!   pool, killing the sessions of broken connections, and waiting for the
+//!   server at start-up;
 //! - [`error`]: [`DbError`] and the one place MySQL errors are classified
 //!   ([`ErrorKind`]: outage, transient, bad input, fatal);
 //! - [`retry`]: the one backoff-and-retry helper, and [`health`]: one log
@@ -20,6 +21,7 @@
 //! longer owns a job cannot change its row.
 
 pub mod claim;
+pub mod conn;
 pub mod error;
 pub mod health;
 pub mod jobs;
@@ -31,6 +33,7 @@ pub mod row;
 pub mod stats;
 pub mod workers;
 
+pub use conn::Connection;
 pub use error::{DbError, DbResult, ErrorKind};
 pub use health::DbHealth;
-pub use pool::{CHECKOUT_TIMEOUT, Connection, Db, HeldConn, PooledConn};
+pub use pool::{CHECKOUT_TIMEOUT, Db, DbConfig, HeldConn, PooledConn};

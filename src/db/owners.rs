@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use mysql::params;
 
+use super::conn::Connection;
 use super::error::DbResult;
-use super::pool::Connection;
 use super::row::first;
 
 /// Puts an owner's `QUEUED!` jobs back to new.

@@ -1,161 +1,102 @@
-//! The connection pool, and the [`Connection`] every statement runs on.
+//! The connection pool.
 //!
 //! [`Db`] is an r2d2 pool of blocking `mysql` connections to `DATABASE_URL`
 //! (default `mysql://root@127.0.0.1:3306/background_processing`), of at most
 //! `DB_POOL_SIZE` connections (default: enough for every thread), cheap to
-//! clone (every thread holds one). Statements never touch a `mysql::Conn`
-//! directly: they go through [`Connection`]'s methods, which turn every
-//! failure into a [`DbError`] in one place and read rows without panicking
-//! on a row of the wrong shape.
+//! clone (every thread holds one). A statement without an answer for
+//! `DB_STATEMENT_TIMEOUT` (default 30s) fails; lock waits are set shorter,
+//! so they fail as lock waits first. A connection left in an unknown state
+//! ([`Connection::is_broken`]) never goes back into use, and its server
+//! session is killed before the next checkout returns.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, Params, Row};
+use mysql::{Opts, OptsBuilder};
 
+use super::conn::Connection;
 use super::error::{DbError, DbResult};
 use super::health::DbHealth;
 use super::retry::{GaveUp, Retry};
+use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// How long a checkout waits for a connection before failing.
 pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A connection to the server, as statements use it.
-pub struct Connection {
-    conn: Conn,
+/// The default for `DB_STATEMENT_TIMEOUT`.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a pool's connections may wait, and where they go.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// Where the tables live (`DATABASE_URL`).
+    pub url: String,
+    /// At most this many connections (`DB_POOL_SIZE`).
+    pub pool_size: u32,
+    /// A statement without an answer for this long is abandoned
+    /// (`DB_STATEMENT_TIMEOUT`).
+    pub statement_timeout: Duration,
 }
 
-impl Connection {
-    /// Wraps an open connection.
-    pub fn new(conn: Conn) -> Connection {
-        Connection { conn }
-    }
-
-    /// Opens a connection with `opts`.
-    pub fn open(opts: impl Into<Opts>) -> DbResult<Connection> {
-        Ok(Connection::new(Conn::new(opts.into())?))
-    }
-
-    fn checked<T>(&mut self, result: mysql::Result<T>) -> DbResult<T> {
-        result.map_err(DbError::from)
-    }
-
-    /// Runs `sql` (text protocol), discarding any rows.
-    pub fn query_drop(&mut self, sql: impl AsRef<str>) -> DbResult<()> {
-        let r = self.conn.query_drop(sql.as_ref());
-        self.checked(r)
-    }
-
-    /// Runs `sql` as a prepared statement with `params`, discarding rows.
-    pub fn exec_drop(&mut self, sql: impl AsRef<str>, params: impl Into<Params>) -> DbResult<()> {
-        let r = self.conn.exec_drop(sql.as_ref(), params);
-        self.checked(r)
-    }
-
-    /// Runs `sql` (text protocol) and maps every row with `map`.
-    pub fn query_rows<T>(
-        &mut self,
-        sql: impl AsRef<str>,
-        map: impl FnMut(Row) -> DbResult<T>,
-    ) -> DbResult<Vec<T>> {
-        let rows: mysql::Result<Vec<Row>> = self.conn.query(sql.as_ref());
-        let rows = self.checked(rows)?;
-        rows.into_iter().map(map).collect()
-    }
-
-    /// Runs `sql` as a prepared statement with `params` and maps every row.
-    pub fn exec_rows<T>(
-        &mut self,
-        sql: impl AsRef<str>,
-        params: impl Into<Params>,
-        map: impl FnMut(Row) -> DbResult<T>,
-    ) -> DbResult<Vec<T>> {
-        let rows: mysql::Result<Vec<Row>> = self.conn.exec(sql.as_ref(), params);
-        let rows = self.checked(rows)?;
-        rows.into_iter().map(map).collect()
-    }
-
-    /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back
-    /// otherwise. If the commit fails, the transaction may or may not have
-    /// landed: the caller settles that.
-    pub fn transaction<T>(
-        &mut self,
-        f: impl FnOnce(&mut Connection) -> DbResult<T>,
-    ) -> DbResult<T> {
-        self.query_drop("START TRANSACTION")?;
-        match f(self) {
-            Ok(v) => {
-                self.query_drop("COMMIT")?;
-                Ok(v)
-            }
-            Err(e) => {
-                // A failed rollback means the connection is gone; the error
-                // that matters is the first one.
-                let _ = self.query_drop("ROLLBACK");
-                Err(e)
-            }
+impl DbConfig {
+    /// A pool of `pool_size` connections to `url`, with the default
+    /// statement timeout.
+    pub fn new(url: &str, pool_size: u32) -> DbConfig {
+        DbConfig {
+            url: url.to_string(),
+            pool_size,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
+}
 
-    /// Rows changed by the last statement.
-    pub fn affected_rows(&self) -> u64 {
-        self.conn.affected_rows()
-    }
-
-    /// The id the last insert generated.
-    pub fn last_insert_id(&self) -> u64 {
-        self.conn.last_insert_id()
-    }
-
-    /// Whether the server answers.
-    pub fn ping(&mut self) -> DbResult<()> {
-        let r = self.conn.ping();
-        self.checked(r)
+impl From<&Config> for DbConfig {
+    fn from(c: &Config) -> Self {
+        DbConfig {
+            url: c.database_url.clone(),
+            pool_size: c.db_pool_size,
+            statement_timeout: c.db_statement_timeout,
+        }
     }
 }
 
-/// The `mysql` crate's own query API, for tasks that work on the database
-/// (`job.db.conn()?.exec_first(...)`). The service's statements use the
-/// methods above, which read rows without panicking.
-impl Queryable for Connection {
-    fn query_iter<Q: AsRef<str>>(
-        &mut self,
-        query: Q,
-    ) -> mysql::Result<mysql::QueryResult<'_, '_, '_, mysql::Text>> {
-        self.conn.query_iter(query)
-    }
+/// How long a session waits for a lock before its statement fails (and is
+/// retried): below the statement timeout, so a lock wait is reported as one
+/// (error 1205), not as a vanished server. Row locks (`innodb_lock_wait_
+/// timeout`) at most 5 s, table metadata locks (`lock_wait_timeout`, an
+/// `ALTER TABLE` queued behind a long transaction) at most 10 s.
+fn lock_waits(statement_timeout: Duration) -> (u64, u64) {
+    let secs = statement_timeout.as_secs();
+    ((secs / 3).clamp(1, 5), (secs / 2).clamp(1, 10))
+}
 
-    fn prep<Q: AsRef<str>>(&mut self, query: Q) -> mysql::Result<mysql::Statement> {
-        self.conn.prep(query)
-    }
+/// Connection options from a URL, with timeouts that turn a vanished server
+/// into an error instead of a hang.
+pub fn opts_from_url(url: &str) -> DbResult<OptsBuilder> {
+    opts_for(&DbConfig::new(url, 1))
+}
 
-    fn close(&mut self, stmt: mysql::Statement) -> mysql::Result<()> {
-        self.conn.close(stmt)
-    }
-
-    fn exec_iter<S, P>(
-        &mut self,
-        stmt: S,
-        params: P,
-    ) -> mysql::Result<mysql::QueryResult<'_, '_, '_, mysql::Binary>>
-    where
-        S: mysql::prelude::AsStatement,
-        P: Into<Params>,
-    {
-        self.conn.exec_iter(stmt, params)
-    }
-
-    fn exec_batch<S, P, I>(&mut self, stmt: S, params: I) -> mysql::Result<()>
-    where
-        Self: Sized,
-        S: mysql::prelude::AsStatement,
-        P: Into<Params>,
-        I: IntoIterator<Item = P>,
-    {
-        self.conn.exec_batch(stmt, params)
-    }
+/// Connection options for `cfg`.
+pub fn opts_for(cfg: &DbConfig) -> DbResult<OptsBuilder> {
+    let opts =
+        Opts::from_url(&cfg.url).map_err(|e| DbError::Schema(format!("bad DATABASE_URL: {e}")))?;
+    let (row_locks, table_locks) = lock_waits(cfg.statement_timeout);
+    Ok(OptsBuilder::from_opts(opts)
+        .tcp_connect_timeout(Some(Duration::from_secs(2)))
+        .read_timeout(Some(cfg.statement_timeout))
+        .write_timeout(Some(cfg.statement_timeout))
+        .tcp_keepalive_time_ms(Some(10_000))
+        // READ COMMITTED: a claim's locking read then locks the rows it
+        // takes and no gaps, so claims, starts and completions running at
+        // once do not wait for each other. Every transition is a single
+        // conditional statement, which needs nothing stronger.
+        .init(vec![
+            format!("SET SESSION innodb_lock_wait_timeout = {row_locks}"),
+            format!("SET SESSION lock_wait_timeout = {table_locks}"),
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+        ]))
 }
 
 /// The r2d2 connection manager.
@@ -167,6 +108,8 @@ impl Queryable for Connection {
 #[derive(Clone, Debug)]
 pub struct Manager {
     opts: Opts,
+    /// Server sessions of connections dropped as broken, to be killed.
+    abandoned: Arc<Abandoned>,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -181,21 +124,94 @@ impl r2d2::ManageConnection for Manager {
         conn.ping()
     }
 
-    fn has_broken(&self, _conn: &mut Connection) -> bool {
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        if conn.is_broken() {
+            self.abandoned.push(conn.id());
+            return true;
+        }
         false
     }
 }
 
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Connection({})", self.conn.connection_id())
+/// The server sessions of connections the pool dropped as broken. Until it
+/// is killed, such a session may still run the statement the client gave
+/// up on (it may be waiting for a lock, or its bytes may be held up on the
+/// way), and would then change rows after the client read them back; and
+/// it keeps a server thread. So the next checkout kills them all first, and
+/// waits until they are gone.
+#[derive(Debug, Default)]
+struct Abandoned {
+    ids: Mutex<Vec<u32>>,
+    /// How many are waiting, read without the lock on the hot path.
+    pending: AtomicUsize,
+}
+
+impl Abandoned {
+    fn push(&self, id: u32) {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.push(id);
+        self.pending.store(ids.len(), Ordering::SeqCst);
+    }
+
+    /// Kills every abandoned session through `conn` and waits until they
+    /// are gone. While one thread does, the others wait for it: no thread
+    /// reads rows back while a session that may still change them lives.
+    fn reap(&self, conn: &mut Connection) -> DbResult<()> {
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for &id in ids.iter() {
+            match conn.query_drop(format!("KILL CONNECTION {id}")) {
+                Ok(()) => log::debug!("killed the server session {id} of a broken connection"),
+                // 1094: unknown thread id: it is gone already.
+                Err(e) if e.code() == Some(1094) => {}
+                Err(e) if e.is_server_error() => {
+                    log::warn!("could not kill the server session {id} of a broken connection: {e}")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        wait_gone(conn, &ids)?;
+        ids.clear();
+        self.pending.store(0, Ordering::SeqCst);
+        Ok(())
     }
 }
+
+/// Waits (up to [`KILL_WAIT`]) until none of `ids` is in the process list.
+fn wait_gone(conn: &mut Connection, ids: &[u32]) -> DbResult<()> {
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let left: Vec<u64> = conn.query_rows(
+            format!(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({})",
+                id_list(ids.iter().map(|&id| u64::from(id)))
+            ),
+            super::row::first,
+        )?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            log::warn!("killed server sessions still ending after {KILL_WAIT:?}: {left:?}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a checkout waits for killed sessions to end.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// The pool every thread takes its connections from.
 #[derive(Clone)]
 pub struct Db {
     pool: r2d2::Pool<Manager>,
+    manager: Manager,
     health: Arc<DbHealth>,
     metrics: Arc<Metrics>,
 }
@@ -203,62 +219,66 @@ pub struct Db {
 /// A pooled connection.
 pub type PooledConn = r2d2::PooledConnection<Manager>;
 
-/// Connection options from a URL, with timeouts that turn a vanished server
-/// into an error instead of a hang.
-pub fn opts_from_url(url: &str) -> DbResult<OptsBuilder> {
-    let opts =
-        Opts::from_url(url).map_err(|e| DbError::Schema(format!("bad DATABASE_URL: {e}")))?;
-    Ok(OptsBuilder::from_opts(opts)
-        .tcp_connect_timeout(Some(Duration::from_secs(2)))
-        .read_timeout(Some(Duration::from_secs(30)))
-        .write_timeout(Some(Duration::from_secs(30)))
-        .tcp_keepalive_time_ms(Some(10_000))
-        // A conditional write that meets a row locked elsewhere gives up soon
-        // and is retried, rather than holding a thread for 50 s.
-        // READ COMMITTED: a claim's locking read then locks the rows it
-        // takes and no gaps, so claims, starts and completions running at
-        // once do not wait for each other. Every transition is a single
-        // conditional statement, which needs nothing stronger.
-        .init(vec![
-            "SET SESSION innodb_lock_wait_timeout = 5",
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-        ]))
-}
-
 impl Db {
     /// Builds a pool of at most `size` connections, counting into a
     /// [`Metrics`] of its own. Connections are made lazily: this never fails
     /// because the database is down.
     pub fn new(url: &str, size: u32) -> DbResult<Db> {
-        Db::with_metrics(url, size, Arc::default())
+        Db::connect(&DbConfig::new(url, size), Arc::default())
     }
 
-    /// [`Db::new`], counting database failures into `metrics`.
-    pub fn with_metrics(url: &str, size: u32, metrics: Arc<Metrics>) -> DbResult<Db> {
+    /// A pool for `cfg`, counting database failures into `metrics`.
+    pub fn connect(cfg: &DbConfig, metrics: Arc<Metrics>) -> DbResult<Db> {
         let manager = Manager {
-            opts: opts_from_url(url)?.into(),
+            opts: opts_for(cfg)?.into(),
+            abandoned: Arc::default(),
         };
-        let pool = r2d2::Pool::builder()
-            .max_size(size)
-            .min_idle(Some(0))
-            // Fail a checkout soon when the server is gone, so the outage is
-            // noticed (and logged) within about a second, not after 30 s.
-            .connection_timeout(CHECKOUT_TIMEOUT)
-            .idle_timeout(Some(Duration::from_secs(300)))
-            .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build_unchecked(manager);
         Ok(Db {
-            pool,
+            pool: pool(manager.clone(), cfg.pool_size),
+            manager,
             health: Arc::new(DbHealth::new(Arc::clone(&metrics))),
             metrics,
         })
+    }
+
+    /// A pool of one connection of its own, sharing this one's options,
+    /// health and counters: for a thread that must never wait behind the
+    /// others (the heartbeat: tasks that use the pool cannot starve it).
+    pub fn dedicated(&self) -> Db {
+        self.dedicated_with(self.manager.clone())
+    }
+
+    /// [`Db::dedicated`], for a batch writer whose session never waits for
+    /// a row lock (MariaDB; MySQL waits its minimum, 1 s): a plain batch
+    /// write that meets a locked row fails at once, and is done again
+    /// skipping locked rows ([`crate::db::jobs::Locks`]).
+    pub fn dedicated_without_lock_waits(&self) -> Db {
+        let mut init = self.manager.opts.get_init();
+        init.push("SET SESSION innodb_lock_wait_timeout = 0".to_string());
+        let manager = Manager {
+            opts: OptsBuilder::from_opts(self.manager.opts.clone())
+                .init(init)
+                .into(),
+            abandoned: Arc::clone(&self.manager.abandoned),
+        };
+        self.dedicated_with(manager)
+    }
+
+    fn dedicated_with(&self, manager: Manager) -> Db {
+        Db {
+            pool: pool(manager.clone(), 1),
+            manager,
+            health: Arc::clone(&self.health),
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 
     /// A connection from the pool. r2d2 pings a connection before handing
     /// it out, so success means the server answers: it ends an outage in
     /// [`DbHealth`]. Callers report failures, naming what they were doing.
     pub fn conn(&self) -> DbResult<PooledConn> {
-        let conn = self.pool.get()?;
+        let mut conn = self.pool.get()?;
+        self.manager.abandoned.reap(&mut conn)?;
         self.health.ok();
         Ok(conn)
     }
@@ -286,14 +306,30 @@ impl Db {
             self.pool
                 .get_timeout(left.clamp(Duration::from_millis(100), Duration::from_secs(5)))
                 .map_err(DbError::from)
-                .and_then(|mut conn| conn.query_drop("SELECT 1"))
+                .and_then(|mut conn| {
+                    self.manager.abandoned.reap(&mut conn)?;
+                    conn.query_drop("SELECT 1")
+                })
                 .inspect_err(|e| log::debug!("database not ready yet: {e}"))
         };
         Retry::new("waiting for the database", &quiet)
+            .give_up_on_fatal()
             .until(deadline)
             .run(attempt)
             .map_err(GaveUp::into_error)
     }
+}
+
+fn pool(manager: Manager, size: u32) -> r2d2::Pool<Manager> {
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        // Fail a checkout soon when the server is gone, so the outage is
+        // noticed (and logged) within about a second, not after 30 s.
+        .connection_timeout(CHECKOUT_TIMEOUT)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .error_handler(Box::new(r2d2::NopErrorHandler))
+        .build_unchecked(manager)
 }
 
 /// A connection a thread keeps between statements (a checkout pings the

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, select};
 
-use super::error::{DbError, DbResult};
+use super::error::{DbError, DbResult, ErrorKind};
 use super::health::DbHealth;
 
 /// Why a retried call ended without a result.
@@ -54,6 +54,7 @@ pub struct Retry<'a> {
     backoff: Backoff,
     stop: Option<&'a Receiver<()>>,
     deadline: Option<Instant>,
+    fatal_ends: bool,
 }
 
 impl<'a> Retry<'a> {
@@ -66,6 +67,7 @@ impl<'a> Retry<'a> {
             backoff: Backoff::default(),
             stop: None,
             deadline: None,
+            fatal_ends: false,
         }
     }
 
@@ -90,17 +92,32 @@ impl<'a> Retry<'a> {
         self
     }
 
-    /// Runs `call` until it succeeds or a limit is reached.
+    /// Gives up at once on an error that will not fix itself (access
+    /// denied, an unknown database or table): for start-up and commands. A
+    /// running service instead keeps trying (and says it is not ready), so
+    /// finished work is never dropped because a table went missing.
+    pub fn give_up_on_fatal(mut self) -> Retry<'a> {
+        self.fatal_ends = true;
+        self
+    }
+
+    /// Runs `call` until it succeeds or a limit is reached. Bad input
+    /// (the statement's data) is never retried.
     pub fn run<T>(mut self, mut call: impl FnMut() -> DbResult<T>) -> Result<T, GaveUp> {
         loop {
             let err = match call() {
                 Ok(v) => {
                     self.health.ok();
+                    self.health.worked();
                     return Ok(v);
                 }
-                Err(e) if !e.kind().is_retryable() => return Err(GaveUp::Refused(e)),
                 Err(e) => e,
             };
+            match err.kind() {
+                ErrorKind::BadInput => return Err(GaveUp::Refused(err)),
+                ErrorKind::Fatal if self.fatal_ends => return Err(GaveUp::Refused(err)),
+                _ => {}
+            }
             self.health.failed(self.what, &err);
             let delay = self.backoff.next_delay();
             if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
@@ -219,8 +236,22 @@ mod tests {
     fn gives_up_on_refusal_stop_or_deadline() {
         let health = DbHealth::default();
         let refused = Retry::new("test", &health)
+            .give_up_on_fatal()
             .run(|| -> DbResult<()> { Err(DbError::Schema("no table".into())) });
         assert!(matches!(refused, Err(GaveUp::Refused(_))));
+        let bad = Retry::new("test", &health).run(|| -> DbResult<()> {
+            Err(DbError::Mysql(mysql::Error::MySqlError(
+                mysql::MySqlError {
+                    state: "22003".into(),
+                    message: "out of range".into(),
+                    code: 1264,
+                },
+            )))
+        });
+        assert!(
+            matches!(bad, Err(GaveUp::Refused(_))),
+            "bad input is never retried"
+        );
         let (tx, stop) = crossbeam_channel::bounded::<()>(0);
         drop(tx);
         let stopped = Retry::new("test", &health)

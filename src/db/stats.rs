@@ -1,7 +1,7 @@
 //! Read-only queries behind the `stats` command.
 
+use super::conn::Connection;
 use super::error::DbResult;
-use super::pool::Connection;
 use super::row::col;
 
 /// What `stats` reports, read from the database.

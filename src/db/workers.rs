@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mysql::params;
 
+use super::conn::Connection;
 use super::error::DbResult;
-use super::pool::Connection;
 use super::row::{col, first};
 
 /// A replica as it registers.

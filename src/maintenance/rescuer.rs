@@ -15,12 +15,12 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::config::Config;
+use crate::db::Connection;
 use crate::db::Db;
 use crate::db::error::DbResult;
 use crate::db::owners::{
     OwnedCancel, job_owners_active, job_release_unowned, job_rescue_queued, job_rescue_started,
 };
-use crate::db::pool::Connection;
 use crate::db::workers::{Registered, worker_list, worker_remove_dead};
 use crate::metrics::Counter;
 use crate::runtime::liveness::Liveness;

@@ -58,6 +58,7 @@ impl TickLoop<'_> {
             if let Some(trigger) = due.take() {
                 match pass(trigger) {
                     Ok(again) => {
+                        self.health.worked();
                         backoff.reset();
                         retry_at = None;
                         eager = again;
