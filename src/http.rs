@@ -1,10 +1,10 @@
 //! Health and metrics over HTTP, for Kubernetes probes and Prometheus.
 //!
 //! One thread, `http`, answers on `METRICS_ADDR` (default `0.0.0.0:9090`;
-//! set it empty to serve nothing). The listener is `tiny_http`, a small
-//! synchronous server (it reads requests on threads of its own and hands
-//! them over a queue; no async runtime); the exposition format is written
-//! by `prometheus-client`, the Prometheus project's own Rust library.
+//! set it empty to serve nothing), on the service's own small synchronous
+//! server ([`crate::runtime::http_server`]: bounded requests, no body
+//! accepted, no async runtime); the exposition format is written by
+//! `prometheus-client`, the Prometheus project's own Rust library.
 //!
 //! | path | 200 | 503 |
 //! |---|---|---|
@@ -24,8 +24,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -40,8 +38,9 @@ use crate::bucket::Bucket;
 use crate::cancel;
 use crate::db::Db;
 use crate::metrics::COUNTERS;
+use crate::runtime::http_server::{Handler, Limits, Request, Response, Server};
 use crate::runtime::liveness::Liveness;
-use crate::runtime::threads::{Phase, ThreadState, Watch, spawn};
+use crate::runtime::threads::{Phase, ThreadState, Watch};
 
 /// What the endpoints read: the replica's state in memory, never the
 /// database.
@@ -72,82 +71,41 @@ pub const PREFIX: &str = "background_processing";
 /// The `Content-Type` of `/metrics`.
 pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// A running `http` thread; stopped by [`HttpServer::stop`] or on drop.
+/// The running endpoints; stopped by [`HttpServer::stop`] or on drop.
 pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    addr: SocketAddr,
+    server: Server,
 }
 
 impl HttpServer {
-    /// Listens on `addr` and starts the `http` thread. Fails only when the
+    /// Listens on `addr` and starts the `http` threads. Fails only when the
     /// address cannot be bound; the message names `METRICS_ADDR`.
     pub fn start(view: HealthView, addr: SocketAddr) -> Result<HttpServer, String> {
-        let server = tiny_http::Server::http(addr).map_err(|e| e.to_string())?;
-        // Port 0 asks the kernel for a free port: report the real one.
-        let addr = server.server_addr().to_ip().unwrap_or(addr);
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
         let registry = registry(view.clone());
-        let (srv, halt) = (Arc::clone(&server), Arc::clone(&stop));
-        let thread = spawn("http".into(), move || serve(&view, &registry, &srv, &halt));
-        log::info!("serving /healthz, /readyz and /metrics on http://{addr}");
-        Ok(HttpServer {
-            server,
-            stop,
-            thread: Some(thread),
-            addr,
-        })
+        let handler: Handler = Arc::new(move |request: &Request| {
+            let url = match request.query.as_str() {
+                "" => request.path.clone(),
+                q => format!("{}?{q}", request.path),
+            };
+            let reply = route(&view, &registry, &request.method, &url);
+            Response::text(reply.status, reply.body).with_header("Content-Type", reply.content_type)
+        });
+        let limits = Limits::default();
+        let server = Server::start("http", addr, limits, handler).map_err(|e| e.to_string())?;
+        log::info!(
+            "serving /healthz, /readyz and /metrics on http://{}",
+            server.addr()
+        );
+        Ok(HttpServer { server })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
-    /// Stops answering and joins the thread.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.stop.store(true, Ordering::SeqCst);
-            self.server.unblock();
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
-fn serve(shared: &HealthView, registry: &Registry, server: &tiny_http::Server, stop: &AtomicBool) {
-    loop {
-        match server.recv() {
-            Ok(request) => {
-                let reply = route(shared, registry, request.method().as_str(), request.url());
-                let content_type =
-                    tiny_http::Header::from_bytes("Content-Type", reply.content_type)
-                        .expect("a constant, valid header");
-                let response = tiny_http::Response::from_string(reply.body)
-                    .with_status_code(reply.status)
-                    .with_header(content_type);
-                // A client that hung up is its own problem.
-                if let Err(e) = request.respond(response) {
-                    log::debug!("http: answering a request: {e}");
-                }
-            }
-            Err(_) if stop.load(Ordering::SeqCst) => return,
-            Err(e) => {
-                log::warn!("http: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
+    /// Stops answering and joins the threads.
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 
