@@ -495,6 +495,7 @@ fn spawn_cancellers(parts: &Parts, signals: &StopSignals) -> Vec<JoinHandle<()>>
             cfg.as_ref().into(),
             parts.db.clone(),
             Arc::clone(&parts.registry),
+            Arc::clone(&parts.liveness),
         );
         let (rx, stop) = (cancel_rx.clone(), signals.rest.clone());
         handles.push(

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::db::DbHealth;
+use crate::db::jobs::job_count_prunable;
 use crate::db::migrate::{MigrateReport, migrate};
 use crate::db::retry::{GaveUp, Retry};
 
@@ -47,5 +48,28 @@ pub fn run(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport
             report.kept_replaced.join(", ")
         );
     }
+    if report.added_columns.iter().any(|c| c == "lease") {
+        warn_of_pruning(config);
+    }
     Ok(report)
+}
+
+/// After an upgrade from the original service: its final rows are as old
+/// as they are, and `run` deletes those older than `RETENTION`.
+fn warn_of_pruning(config: &Config) {
+    let Some(retention) = config.retention else {
+        return;
+    };
+    let old = crate::db::Db::new(&config.database_url, 1)
+        .and_then(|db| job_count_prunable(&mut *db.conn()?, retention, u64::MAX));
+    match old {
+        Ok(0) => {}
+        Ok(n) => log::warn!(
+            "this table was made by an earlier service: {n} of its final jobs finished more \
+             than RETENTION ({}) ago, and `run` deletes them at start; set RETENTION=0 (or a \
+             longer one) before `run` to keep them",
+            crate::config::show_duration(retention)
+        ),
+        Err(e) => log::debug!("counting old final jobs: {e}"),
+    }
 }

@@ -237,12 +237,13 @@ pub const VARS: &[Var] = &[
         help: "final rows older than this are deleted; 0 keeps everything",
         read: Read::Plain,
         set: |c, v| {
-            c.retention = match v.trim() {
-                "0" => None,
-                _ => Some(
-                    parse_duration(v).ok_or("0 (keep everything) or a duration like 7d or 12h")?,
-                ),
-            };
+            c.retention =
+                match v.trim() {
+                    "0" => None,
+                    _ => Some(parse_duration(v).ok_or(
+                        "0 (keep everything) or a duration up to 100 years, like 7d or 12h",
+                    )?),
+                };
             Ok(())
         },
         show: |c| c.retention.map(d).unwrap_or_else(|| "0".into()),

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::db::jobs::Dead;
 use crate::db::{Db, HeldConn};
 use crate::metrics::Counter;
+use crate::runtime::liveness::Liveness;
 
 /// What a canceller consumer reads of the configuration.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct CancellerConfig {
     /// A replica silent this long is dead (`WORKER_DEAD_AFTER`): the runs of
     /// a live one are its own to cancel.
     pub dead_after: Duration,
+    /// How often this replica's heartbeat lands (`HEARTBEAT_INTERVAL`).
+    pub heartbeat_interval: Duration,
 }
 
 impl From<&Config> for CancellerConfig {
@@ -39,6 +42,7 @@ impl From<&Config> for CancellerConfig {
             job_timeout: c.job_timeout,
             worker: c.worker_name.clone(),
             dead_after: c.worker_dead_after,
+            heartbeat_interval: c.heartbeat_interval,
         }
     }
 }
@@ -48,22 +52,37 @@ pub struct Canceller {
     cfg: CancellerConfig,
     db: Db,
     registry: Arc<Registry>,
+    liveness: Arc<Liveness>,
 }
 
 impl Canceller {
     /// Who cancels, for the write's condition.
     fn scope(&self) -> Scope {
+        let steady = self.liveness.steady_for(self.cfg.heartbeat_interval);
         Scope {
             worker: self.cfg.worker.clone(),
+            others: steady >= self.cfg.dead_after,
             dead_after: self.cfg.dead_after,
         }
     }
 }
 
 impl Canceller {
-    /// A canceller writing to `db` and interrupting tasks in `registry`.
-    pub fn new(cfg: CancellerConfig, db: Db, registry: Arc<Registry>) -> Canceller {
-        Canceller { cfg, db, registry }
+    /// A canceller writing to `db` and interrupting tasks in `registry`,
+    /// judging other replicas dead only while `liveness` (its own heartbeat)
+    /// is steady.
+    pub fn new(
+        cfg: CancellerConfig,
+        db: Db,
+        registry: Arc<Registry>,
+        liveness: Arc<Liveness>,
+    ) -> Canceller {
+        Canceller {
+            cfg,
+            db,
+            registry,
+            liveness,
+        }
     }
 
     /// Cancels one dead run. Returns `Some(true)` if this call cancelled it,

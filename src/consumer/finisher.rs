@@ -99,14 +99,20 @@ impl Outcome {
 pub struct Scope {
     /// This replica's name (`WORKER_NAME`).
     pub worker: String,
+    /// Whether a stale heartbeat counts as a dead replica, whose runs a
+    /// cancellation may end (the canceller, while its own heartbeat is
+    /// steady); otherwise only a replica without a `workers` row is dead.
+    pub others: bool,
     /// A replica silent this long is dead (`WORKER_DEAD_AFTER`).
     pub dead_after: Duration,
 }
 
 impl From<&Config> for Scope {
+    /// The finisher's scope: it cancels only its own runs (at shutdown).
     fn from(c: &Config) -> Self {
         Scope {
             worker: c.worker_name.clone(),
+            others: false,
             dead_after: c.worker_dead_after,
         }
     }
@@ -116,6 +122,7 @@ impl Scope {
     fn canceller(&self) -> Canceller<'_> {
         Canceller {
             worker: &self.worker,
+            others: self.others,
             dead_after: self.dead_after,
         }
     }

@@ -298,6 +298,11 @@ pub fn job_retry(conn: &mut Connection, run: Run, retry: &Retry, locks: Locks) -
 pub struct Canceller<'a> {
     /// The cancelling replica's name: its own runs it cancels itself.
     pub worker: &'a str,
+    /// Whether it may take a stale heartbeat for a dead replica (only while
+    /// its own heartbeat is steady: after an outage everyone's heartbeat is
+    /// stale, and no one is dead for that). Without it, only a replica with
+    /// no row in `workers` at all counts as dead.
+    pub others: bool,
     /// A replica whose heartbeat is older than this is dead
     /// (`WORKER_DEAD_AFTER`).
     pub dead_after: Duration,
@@ -305,7 +310,8 @@ pub struct Canceller<'a> {
 
 /// Cancels a running job: `CANCELLED!`, with `cancelled_at` and
 /// `finished_at` equal and the reason in `error`, if that run is still
-/// `STARTED!` and its owner is this replica, or no live one.
+/// `STARTED!` and its owner is this replica, or a dead one (see
+/// [`Canceller::others`]).
 pub fn job_cancel(
     conn: &mut Connection,
     run: Run,
@@ -318,12 +324,17 @@ pub fn job_cancel(
         locks.update(
             "id = :id",
             "status = 'CANCELLED!', cancelled_at = NOW(6), finished_at = NOW(6), error = :reason",
-            &format!(
-                "lease = :lease AND status = 'STARTED!' AND (owner <=> :worker OR NOT EXISTS \
-                 (SELECT 1 FROM workers WHERE workers.name = jobs.owner \
-                 AND workers.heartbeat_at >= NOW(6) - INTERVAL {} MICROSECOND))",
-                by.dead_after.as_micros()
-            ),
+            &match by.others {
+                true => format!(
+                    "lease = :lease AND status = 'STARTED!' AND (owner <=> :worker OR NOT EXISTS \
+                     (SELECT 1 FROM workers WHERE workers.name = jobs.owner \
+                     AND workers.heartbeat_at >= NOW(6) - INTERVAL {} MICROSECOND))",
+                    by.dead_after.as_micros()
+                ),
+                false => "lease = :lease AND status = 'STARTED!' AND (owner <=> :worker OR NOT \
+                          EXISTS (SELECT 1 FROM workers WHERE workers.name = jobs.owner))"
+                    .into(),
+            },
         ),
         params! { "id" => run.id, "lease" => run.lease, reason, worker },
     )?;
@@ -417,6 +428,20 @@ pub fn prune_sql(age: Duration, limit: usize) -> String {
         "DELETE FROM jobs WHERE final_at < NOW(6) - INTERVAL {} MICROSECOND LIMIT {limit}",
         age.as_micros()
     )
+}
+
+/// How many final rows finished before `age` ago, counting at most `cap`
+/// (read from the `final_at` index): what the pruner is about to delete.
+pub fn job_count_prunable(conn: &mut Connection, age: Duration, cap: u64) -> DbResult<u64> {
+    let n: Vec<u64> = conn.query_rows(
+        format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE final_at < NOW(6) - INTERVAL {} \
+             MICROSECOND LIMIT {cap}) AS old",
+            age.as_micros()
+        ),
+        super::row::first,
+    )?;
+    Ok(n.into_iter().next().unwrap_or(0))
 }
 
 /// Deletes up to `limit` final rows older than `age`; returns how many.

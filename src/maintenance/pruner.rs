@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::error::DbResult;
-use crate::db::jobs::job_prune;
+use crate::db::jobs::{job_count_prunable, job_prune};
 use crate::runtime::tick::TickLoop;
 
 /// Rows deleted per statement at most.
@@ -50,6 +50,23 @@ impl Pruner {
         Pruner { cfg, db }
     }
 
+    /// Says how many final rows the first pass will delete, if any: after
+    /// an upgrade from the original service, its old rows are among them.
+    pub fn announce(&self) -> DbResult<u64> {
+        const CAP: u64 = 1_000_000;
+        let n = job_count_prunable(&mut *self.db.conn()?, self.cfg.retention, CAP)?;
+        if n > 0 {
+            log::warn!(
+                "the pruner will delete {}{n} final jobs finished more than RETENTION ({}) ago, \
+                 {} rows per statement; set RETENTION=0 to keep every row",
+                if n == CAP { "at least " } else { "" },
+                crate::config::show_duration(self.cfg.retention),
+                BATCH
+            );
+        }
+        Ok(n)
+    }
+
     /// One pass: deletes batch after batch until no old final row is left
     /// or `stop` closes. Returns how many rows it deleted.
     pub fn run_once(&self, stop: &Receiver<()>) -> DbResult<u64> {
@@ -71,8 +88,12 @@ impl Pruner {
         Ok(deleted)
     }
 
-    /// Prunes on every tick until `stop` closes.
+    /// Prunes on every tick until `stop` closes (first saying how much it
+    /// is about to delete).
     pub fn run(self, stop: Receiver<()>) {
+        if let Err(e) = self.announce() {
+            log::debug!("counting the rows to prune: {e}");
+        }
         let ticks = TickLoop {
             what: "pruning old jobs",
             interval: self.cfg.interval,

@@ -12,15 +12,15 @@ const MS: i64 = 1_000_000; // one millisecond of `sleep`, in nanoseconds
 
 /// One HTTP answer.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
 }
 
 /// `GET path` over HTTP/1.0 (the server closes the connection after the
 /// answer, so reading to the end reads it all).
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     let mut stream = TcpStream::connect_timeout(&addr, secs(2))?;
     stream.set_read_timeout(Some(secs(5)))?;
     stream.set_write_timeout(Some(secs(5)))?;
@@ -59,7 +59,7 @@ const LISTENING: &str = "serving /healthz, /readyz and /metrics on http://";
 
 /// Calls `attempt` every 50 ms until it gives a value; panics with `what`
 /// and the last reason after `within`.
-fn poll<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+pub fn poll<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + within;
     loop {
         match attempt() {
@@ -74,7 +74,7 @@ fn poll<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Result<T, 
 
 /// Where the service listens: it was given port 0 and logs the port the
 /// kernel chose, so no two tests can race for one.
-fn http_addr(svc: &mut Service) -> SocketAddr {
+pub fn http_addr(svc: &mut Service) -> SocketAddr {
     poll(secs(20), "the service to log its METRICS_ADDR", || {
         if !svc.is_running() {
             panic!("the service exited:\n{}", svc.logs());

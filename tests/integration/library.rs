@@ -450,6 +450,7 @@ fn the_canceller_cancels_a_dead_job_once() {
         (&shared.config).into(),
         shared.db.clone(),
         Arc::clone(&shared.registry),
+        Arc::clone(&shared.liveness),
     );
     assert_eq!(canceller.cancel_one(dead, &stop), Some(true));
     assert_eq!(

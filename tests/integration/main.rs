@@ -2,11 +2,15 @@
 //! MariaDB/MySQL server (DATABASE_URL, default mysql://root@127.0.0.1:3306;
 //! each test creates and drops its own `bp_test_*` database).
 
+mod audit;
 mod binary;
+mod faults;
+mod fleet;
 mod http;
 mod kinds;
 mod library;
 mod manifests;
+mod mariadb;
 mod proxy;
 mod replicas;
 mod testdb;

@@ -6,9 +6,11 @@
 //! connection pair. [`Proxy::cut`] closes every open connection and, until
 //! [`Proxy::restore`], closes every new one as soon as it is accepted (the
 //! client sees the server hang up during the handshake, as when MySQL is
-//! restarting). Nothing here panics on a broken pipe or a reset: a failed
-//! read or write ends that pair. Dropping the proxy stops the listener,
-//! closes every pair and joins every thread.
+//! restarting). [`Proxy::stall`] holds every byte in both directions
+//! without closing anything (a network partition, a frozen router) until
+//! [`Proxy::resume`] delivers what it held. Nothing here panics on a broken
+//! pipe or a reset: a failed read or write ends that pair. Dropping the
+//! proxy stops the listener, closes every pair and joins every thread.
 
 #![allow(dead_code)]
 
@@ -30,6 +32,7 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 struct State {
     stopping: AtomicBool,
     cut: AtomicBool,
+    stalled: AtomicBool,
     /// Open pairs by id: (client side, upstream side), clones used only to
     /// shut them down from outside.
     pairs: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
@@ -112,6 +115,17 @@ impl Proxy {
         self.state.cut.store(true, Ordering::SeqCst);
         self.state.cuts.fetch_add(1, Ordering::SeqCst);
         self.state.close_all()
+    }
+
+    /// Holds every byte, both ways, on every connection (open and new) until
+    /// [`Proxy::resume`]: the other side sees no answer, and no close.
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Delivers what the stall held and forwards again.
+    pub fn resume(&self) {
+        self.state.stalled.store(false, Ordering::SeqCst);
     }
 
     /// Forwards new connections again.
@@ -243,6 +257,11 @@ fn pump(id: u64, mut from: TcpStream, mut to: TcpStream, state: &State) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        // Stalled: hold these bytes (and, since nothing more is read, the
+        // rest in the kernel's buffers) until resumed or stopped.
+        while state.stalled.load(Ordering::SeqCst) && !state.stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }

@@ -21,6 +21,16 @@ use std::time::{Duration, Instant};
 /// The binary under test, built by cargo for this test target.
 pub const BIN: &str = env!("CARGO_BIN_EXE_background-processing");
 
+/// The binary the tests run: `BP_TEST_BINARY` when set (to run the suite
+/// against a release build, or an earlier version to see a regression
+/// test fail), else [`BIN`].
+pub fn bin() -> String {
+    std::env::var("BP_TEST_BINARY")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| BIN.to_string())
+}
+
 /// Server used when `DATABASE_URL` is not set (only its server part is used).
 const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
 
@@ -53,6 +63,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server by its `user[:password]@host:port` and query string.
+    pub fn at(authority: &str, query: Option<&str>) -> Server {
+        Server {
+            authority: authority.to_string(),
+            query: query.map(str::to_string),
+        }
+    }
+
     pub fn from_env() -> Server {
         let raw = std::env::var("DATABASE_URL")
             .ok()
@@ -257,7 +275,12 @@ pub struct TestDb {
 impl TestDb {
     /// A fresh database with the schema applied by `background-processing migrate`.
     pub fn new(name: &str) -> TestDb {
-        let db = TestDb::empty(name);
+        TestDb::new_on(Server::from_env(), name)
+    }
+
+    /// [`TestDb::new`] on another server (a private `mariadbd`).
+    pub fn new_on(server: Server, name: &str) -> TestDb {
+        let db = TestDb::empty_on(server, name);
         let out = db.migrate();
         assert_eq!(
             out.code,
@@ -270,7 +293,12 @@ impl TestDb {
 
     /// A fresh database without any table.
     pub fn empty(name: &str) -> TestDb {
-        let db = TestDb::reserve(name);
+        TestDb::empty_on(Server::from_env(), name)
+    }
+
+    /// [`TestDb::empty`] on another server.
+    pub fn empty_on(server: Server, name: &str) -> TestDb {
+        let db = TestDb::reserve_on(server, name);
         let mut admin = connect(&db.server.url(None), &db.server);
         admin
             .query_drop(format!("CREATE DATABASE `{}`", db.name))
@@ -281,7 +309,11 @@ impl TestDb {
     /// A name (and URL) for a database that does not exist yet; it is dropped
     /// on Drop if something created it meanwhile.
     pub fn reserve(name: &str) -> TestDb {
-        let server = Server::from_env();
+        TestDb::reserve_on(Server::from_env(), name)
+    }
+
+    /// [`TestDb::reserve`] on another server.
+    pub fn reserve_on(server: Server, name: &str) -> TestDb {
         // Fail early, with a clear message, when no server is there.
         drop(connect(&server.url(None), &server));
         let clean: String = name
@@ -316,6 +348,11 @@ impl TestDb {
     /// `mysql://.../bp_test_...`, the value to give the service as DATABASE_URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server this database is on.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     pub fn conn(&self) -> PooledConn {
@@ -594,7 +631,8 @@ impl Service {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let stdout = File::create(dir.join("stdout")).unwrap();
         let stderr = File::create(dir.join("stderr")).unwrap();
-        let mut cmd = Command::new(BIN);
+        let bin = bin();
+        let mut cmd = Command::new(&bin);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -607,7 +645,7 @@ impl Service {
         for (k, v) in env {
             cmd.env(k.as_ref(), v.as_ref());
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
         let shown: Vec<String> = env
             .iter()
             .map(|(k, v)| format!("{}={}", k.as_ref(), redact(v.as_ref())))
