@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     deadline_at  DATETIME(6)     NULL,
     -- Every failed attempt's error, one line each.
     errors       TEXT            NULL,
+    -- The queue it waits in: a replica claims only from the queues it
+    -- serves (QUEUES), and only kinds it runs.
+    queue        VARCHAR(64)     NOT NULL DEFAULT 'default',
+    -- Set by a client (or `background-processing cancel`) to cancel the job:
+    -- a new or queued one never starts, a running one is interrupted.
+    cancel_requested_at DATETIME(6) NULL,
     -- Derived columns (computed on read, never stored) for the indexes
     -- below. Each is NULL except in the statuses where some query looks
     -- for the row, so a transition moves only the index entries whose value
@@ -56,18 +62,27 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- finished_at once the row is final (DONE!, CANCELLED!, FAILED!).
     final_at     DATETIME(6)     AS (IF(status IN ('DONE!', 'CANCELLED!', 'FAILED!'),
                                         finished_at, NULL)) VIRTUAL,
+    -- 1 while a cancel is requested (since its last run ended: a re-run
+    -- ignores its previous run's request) and the job is not final yet.
+    cancel_pending TINYINT       AS (IF(cancel_requested_at IS NOT NULL
+                                        AND (finished_at IS NULL OR cancel_requested_at > finished_at)
+                                        AND (status IS NULL OR status IN ('QUEUED!', 'STARTED!')),
+                                        1, NULL)) VIRTUAL,
     PRIMARY KEY (id),
-    -- Claims: new rows, those due now (run_at NULL) by priority then age,
-    -- and scheduled ones by when they fell due; rows scheduled for later
-    -- sit apart, past the range a claim reads.
-    KEY jobs_new (is_new, run_at, priority DESC, id),
+    -- Claims: new rows of one queue and kind, those due now (run_at NULL)
+    -- by priority then age, and scheduled ones by when they fell due; rows
+    -- of other queues and kinds, and rows scheduled for later, sit apart,
+    -- past the range a claim reads.
+    KEY jobs_new_routed (is_new, queue, kind, run_at, priority DESC, id),
     -- Canceller: running jobs by deadline (and by start time for rows
     -- started before deadlines were recorded).
     KEY jobs_running (is_running, deadline_at, started_at),
     -- Rescuer and shutdown release: a worker's QUEUED!/STARTED! jobs.
     KEY jobs_held_by (held_by),
     -- stats (recent throughput) and the pruner (old final rows).
-    KEY jobs_final_at (final_at)
+    KEY jobs_final_at (final_at),
+    -- The canceller: jobs whose cancel was requested.
+    KEY jobs_cancel (cancel_pending)
 ) ENGINE = InnoDB;
 
 -- Live replicas. A worker whose heartbeat_at is older than WORKER_DEAD_AFTER
@@ -79,6 +94,22 @@ CREATE TABLE IF NOT EXISTS workers (
     version      VARCHAR(64)     NOT NULL,
     started_at   DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     heartbeat_at DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    -- The queues it serves and the kinds it runs, comma-separated.
+    queues       VARCHAR(1024)   NOT NULL DEFAULT '',
+    kinds        VARCHAR(1024)   NOT NULL DEFAULT '',
     PRIMARY KEY (name),
     KEY workers_heartbeat_at (heartbeat_at)
+) ENGINE = InnoDB;
+
+-- Steering a queue. A queue without a row is unpaused and unlimited
+-- (beyond each replica's RATE_LIMIT).
+CREATE TABLE IF NOT EXISTS queues (
+    name         VARCHAR(64)     NOT NULL,
+    -- 1: no replica claims from it; running and queued jobs go on.
+    paused       TINYINT         NOT NULL DEFAULT 0,
+    -- Tasks started per second from it across all replicas together.
+    rate_limit   DOUBLE          NULL,
+    -- Jobs of it STARTED! at once across all replicas.
+    max_running  INT UNSIGNED    NULL,
+    PRIMARY KEY (name)
 ) ENGINE = InnoDB;

@@ -18,6 +18,10 @@
 //!   N; `fsyncs_per_job`: `Innodb_data_fsyncs` delta over N;
 //! - `queue_to_start_ms_p50` / `_p99`: `started_at - queued_at`;
 //! - `rss_peak_mib`: the service's peak resident memory (`VmHWM`);
+//! - `service_cpu_us_per_job`, `server_cpu_us_per_job`: CPU time (user +
+//!   system, from `/proc`) the service and the database server (a local
+//!   `mariadbd` or `mysqld`, when there is exactly one) spent per job: on a
+//!   shared machine these vary far less than rates do;
 //! - with `--idle S`: no jobs, and `idle_statements_per_s` over S seconds;
 //! - with `--reference KIND`: instead of the service, one of the reference
 //!   designs the throughput target is set against, on the same table and
@@ -152,6 +156,43 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) process `pid` has used, from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((utime + stime) / ticks.max(1) as f64)
+}
+
+/// The local database server's pid, if exactly one `mariadbd` or `mysqld`
+/// runs on this machine.
+fn server_pid() -> Option<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if matches!(comm.trim(), "mariadbd" | "mysqld") {
+            found.push(pid);
+        }
+    }
+    match found.as_slice() {
+        [pid] => Some(*pid),
+        _ => None,
+    }
+}
+
 /// What works the jobs off: the service binary, or the reference design.
 enum Runner {
     Service(Child),
@@ -170,6 +211,13 @@ impl Runner {
         match self {
             Runner::Service(child) => peak_rss_mib(child.id()),
             Runner::Reference(_) => None,
+        }
+    }
+
+    fn cpu_secs(&self) -> Option<f64> {
+        match self {
+            Runner::Service(child) => cpu_secs(child.id()),
+            Runner::Reference(_) => cpu_secs(std::process::id()),
         }
     }
 
@@ -508,6 +556,9 @@ fn run() -> Result<String, String> {
         .unwrap_or_default();
 
     let mut own_statements = 0u64;
+    let server = server_pid();
+    let server_cpu_before = server.and_then(cpu_secs);
+    let own_cpu_before = cpu_secs(std::process::id());
     let before = status(&mut conn)?;
     own_statements += 1;
     let mut runner = if let Some(kind) = args.reference {
@@ -581,6 +632,15 @@ fn run() -> Result<String, String> {
         }
     }
     let after = status(&mut conn)?;
+    let server_cpu = server
+        .and_then(cpu_secs)
+        .zip(server_cpu_before)
+        .map(|(after, before)| after - before);
+    let service_cpu = match &runner {
+        // The reference designs run in this process, after its inserts.
+        Runner::Reference(_) => runner.cpu_secs().zip(own_cpu_before).map(|(a, b)| a - b),
+        Runner::Service(_) => runner.cpu_secs(),
+    };
     let rss = runner.peak_rss_mib();
     let wall = began.elapsed();
     runner.stop();
@@ -626,6 +686,11 @@ fn run() -> Result<String, String> {
             "fsyncs_per_job".into(),
             per_job(delta(&before, &after, "Innodb_data_fsyncs")),
         ));
+        let per_job_us = |cpu: Option<f64>| {
+            cpu.map_or("null".to_string(), |c| format!("{:.1}", c * 1e6 / n as f64))
+        };
+        fields.push(("service_cpu_us_per_job".into(), per_job_us(service_cpu)));
+        fields.push(("server_cpu_us_per_job".into(), per_job_us(server_cpu)));
         fields.push((
             "queue_to_start_ms_p50".into(),
             format!("{:.2}", percentile(&waits, 0.5)),

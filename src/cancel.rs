@@ -23,6 +23,9 @@ pub enum Interrupt {
     /// The service is shutting down and the drain deadline passed: the
     /// consumer marks the job `CANCELLED!`.
     Shutdown,
+    /// A cancel was requested (`cancel_requested_at`): the consumer marks
+    /// the job `CANCELLED!`, "cancelled on request".
+    Requested,
 }
 
 /// The task's side: wait on it, or poll it between steps of work. It

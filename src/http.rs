@@ -30,6 +30,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
 };
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -38,6 +39,7 @@ use crate::bucket::Bucket;
 use crate::cancel;
 use crate::db::Db;
 use crate::metrics::COUNTERS;
+use crate::queues::{Backlog, Queues};
 use crate::runtime::http_server::{Handler, Limits, Request, Response, Server};
 use crate::runtime::liveness::Liveness;
 use crate::runtime::threads::{Phase, ThreadState, Watch};
@@ -63,6 +65,8 @@ pub struct HealthView {
     pub consumers: usize,
     /// `CHANNEL_CAPACITY`.
     pub channel_capacity: usize,
+    /// What waits in each queue (counted every few seconds).
+    pub queues: Arc<Queues>,
 }
 
 /// Every metric's name starts with this and `_`.
@@ -339,8 +343,46 @@ impl Collector for Scrape {
             "Seconds since this replica's heartbeat last landed (-1 before the first)",
             s.liveness.last_beat_age().map_or(-1.0, |a| a.as_secs_f64()),
         )?;
-        Ok(())
+        backlog(e, &s.queues.backlog())
     }
+}
+
+/// The jobs waiting in each queue for each kind, by label.
+fn backlog(e: &mut DescriptorEncoder, backlog: &[Backlog]) -> fmt::Result {
+    let labels = |b: &Backlog| {
+        vec![
+            ("queue".to_string(), b.queue.clone()),
+            ("kind".to_string(), b.kind.clone()),
+            ("served".to_string(), b.served.to_string()),
+        ]
+    };
+    type Value = fn(&Backlog) -> f64;
+    let families: [(&str, &str, Value); 3] = [
+        (
+            "jobs_waiting",
+            "New jobs due now, by queue and kind; served=false: no live replica serves the queue \
+             and runs the kind",
+            |b| b.waiting as f64,
+        ),
+        (
+            "jobs_scheduled",
+            "New jobs scheduled for later, by queue and kind",
+            |b| b.scheduled as f64,
+        ),
+        (
+            "oldest_waiting_seconds",
+            "How long the oldest job due now has waited, by queue and kind",
+            |b| b.oldest.map_or(0.0, |d| d.as_secs_f64()),
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for b in backlog {
+            let g = ConstGauge::new(value(b));
+            g.encode(family.encode_family(&labels(b))?)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -359,6 +401,7 @@ mod tests {
             heartbeat_interval: Duration::from_millis(100),
             consumers: 8,
             channel_capacity: 100,
+            queues: Arc::default(),
         }
     }
 

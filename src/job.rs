@@ -57,6 +57,8 @@ pub struct Job {
     pub sleep: Option<i64>,
     /// Which registered task runs it.
     pub kind: String,
+    /// The queue it waited in.
+    pub queue: String,
     /// The task's input (JSON text), if any.
     pub payload: Option<String>,
     /// Attempts started before this claim.

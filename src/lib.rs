@@ -42,7 +42,8 @@
 //! Lower layers never import higher ones (`.ci/check-imports` checks it):
 //!
 //! 1. [`config`] (the one table of environment variables), [`job`],
-//!    [`metrics`] (the one table of counters), [`bucket`];
+//!    [`metrics`] (the one table of counters), [`bucket`], [`queues`] (what
+//!    this replica knows of the queues' limits and backlog);
 //! 2. [`db`]: the pool, every SQL statement, the one classification of
 //!    MySQL errors and the one retry helper; [`cancel`]: interrupting tasks;
 //! 3. [`task`]: task kinds; [`runtime`]: threads, tickers, channels,
@@ -71,6 +72,7 @@ pub mod job;
 pub mod maintenance;
 pub mod metrics;
 pub mod publisher;
+pub mod queues;
 pub mod runner;
 pub mod runtime;
 pub mod service;

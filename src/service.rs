@@ -34,7 +34,7 @@ use thiserror::Error;
 
 use crate::bucket::Bucket;
 use crate::cancel::{Interrupt, Registry};
-use crate::config::Config;
+use crate::config::{Config, is_name};
 use crate::consumer::canceller::Canceller;
 use crate::consumer::finisher::Finisher;
 use crate::consumer::jobs::{Channels, Consumer, Shared};
@@ -46,14 +46,17 @@ use crate::db::workers::worker_remove;
 use crate::db::{Db, HeldConn};
 use crate::http::{HealthView, HttpServer};
 use crate::job::Job;
-use crate::maintenance::heartbeat::Heartbeat;
+use crate::maintenance::backlog::BacklogLoop;
+use crate::maintenance::heartbeat::{Heartbeat, HeartbeatConfig};
+use crate::maintenance::limits::LimitsLoop;
 use crate::maintenance::pruner::{Pruner, PrunerConfig};
 use crate::maintenance::rescuer::Rescuer;
 use crate::maintenance::summary::{Readings, Summary};
 use crate::maintenance::watcher::Watcher;
 use crate::metrics::{Counter, Metrics};
 use crate::publisher::canceller::CancellerPublisher;
-use crate::publisher::jobs::JobsPublisher;
+use crate::publisher::jobs::{JobsPublisher, JobsPublisherConfig};
+use crate::queues::Queues;
 use crate::runtime::liveness::Liveness;
 use crate::runtime::threads::Watch;
 use crate::task::Tasks;
@@ -94,6 +97,11 @@ pub enum StartError {
         /// Why.
         cause: String,
     },
+    /// A registered task kind has a name the claim cannot route by.
+    #[error(
+        "task kind {0:?} cannot be claimed: a kind is at most 64 letters, digits and . _ - : @"
+    )]
+    Kind(String),
 }
 
 /// What a shutdown did.
@@ -117,6 +125,7 @@ struct Parts {
     registry: Arc<Registry>,
     bucket: Arc<Bucket>,
     watch: Arc<Watch>,
+    queues: Arc<Queues>,
     tasks: Tasks,
 }
 
@@ -131,6 +140,7 @@ impl Parts {
             liveness: Arc::default(),
             registry: Arc::default(),
             watch: Arc::default(),
+            queues: Arc::default(),
             tasks,
         })
     }
@@ -145,6 +155,7 @@ impl Parts {
             heartbeat_interval: self.config.heartbeat_interval,
             consumers: self.config.job_consumers,
             channel_capacity: self.config.channel_capacity,
+            queues: Arc::clone(&self.queues),
         }
     }
 
@@ -212,6 +223,9 @@ impl Service {
     /// Starts the health and metrics endpoints (`METRICS_ADDR`), connects,
     /// checks the schema, registers this replica and starts every thread.
     pub fn start(config: Config, tasks: Tasks) -> Result<Service, StartError> {
+        if let Some(bad) = tasks.kinds().into_iter().find(|k| !is_name(k)) {
+            return Err(StartError::Kind(bad.to_string()));
+        }
         let url = config.redacted_url();
         let db_err = |cause| StartError::Database {
             url: url.clone(),
@@ -237,12 +251,21 @@ impl Service {
         check_schema(&parts.db).map_err(db_err)?;
         // The heartbeat has a connection of its own: tasks that use the
         // pool cannot starve it and get this replica declared dead.
+        let kinds = parts.tasks.kinds();
         let heartbeat = Heartbeat::new(
-            config.as_ref().into(),
+            HeartbeatConfig::new(&config, &kinds),
             parts.db.dedicated(),
             Arc::clone(&parts.liveness),
         );
         heartbeat.register_at_start().map_err(db_err)?;
+        // The queues' limits apply from the first claim and start.
+        LimitsLoop::new(
+            config.as_ref().into(),
+            parts.db.clone(),
+            Arc::clone(&parts.queues),
+        )
+        .run_once()
+        .map_err(db_err)?;
         // From here a stop signal must drain: jobs are about to be claimed.
         crate::runtime::shutdown::mark_running();
         let mut service = Service::spawn_threads(parts, heartbeat);
@@ -277,7 +300,12 @@ impl Service {
         let (jobs_tx, jobs_rx) = bounded::<Job>(parts.config.channel_capacity);
         parts.watch.set_jobs_channel(jobs_rx.clone());
         let (room_tx, room_rx) = bounded::<()>(1);
-        let publisher = JobsPublisher::new(parts.config.as_ref().into(), parts.db.clone(), jobs_tx);
+        let publisher = JobsPublisher::new(
+            JobsPublisherConfig::new(&parts.config, &parts.tasks.kinds()),
+            parts.db.clone(),
+            Arc::clone(&parts.queues),
+            jobs_tx,
+        );
         let claiming = signals.claiming.clone();
         let jobs_publisher = parts.watch.spawn("publisher-jobs".into(), move || {
             publisher.run(claiming, room_rx)
@@ -438,6 +466,7 @@ fn spawn_consumers(
     let (starter, start) = Starter::new(
         cfg.as_ref().into(),
         HeldConn::new(parts.db.dedicated_without_lock_waits()),
+        Arc::clone(&parts.queues),
         finish.clone(),
     );
     let shared = Shared {
@@ -526,10 +555,22 @@ fn spawn_maintenance(
         let stop = signals.rest.clone();
         parts.watch.spawn(name.into(), move || f(stop))
     };
+    let limits = LimitsLoop::new(
+        cfg.as_ref().into(),
+        parts.db.clone(),
+        Arc::clone(&parts.queues),
+    );
+    let backlog = BacklogLoop::new(
+        cfg.as_ref().into(),
+        parts.db.clone(),
+        Arc::clone(&parts.queues),
+    );
     let mut handles = vec![
         spawn("watcher", Box::new(move |stop| watcher.run(stop))),
         spawn("heartbeat", Box::new(move |stop| heartbeat.run(stop))),
         spawn("rescuer", Box::new(move |stop| rescuer.run(stop))),
+        spawn("limits", Box::new(move |stop| limits.run(stop))),
+        spawn("backlog", Box::new(move |stop| backlog.run(stop))),
     ];
     if let Some(pruner_cfg) = PrunerConfig::from_config(cfg) {
         let pruner = Pruner::new(pruner_cfg, parts.db.clone());

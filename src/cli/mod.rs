@@ -8,6 +8,7 @@ mod demo;
 mod migrate;
 mod run;
 mod stats;
+mod steer;
 
 use std::process::ExitCode;
 
@@ -15,11 +16,12 @@ use simplelog::{ConfigBuilder, LevelFilter, ThreadLogMode, WriteLogger};
 
 use crate::config::{Config, VARS, VERSION};
 use crate::task::Tasks;
+use steer::Action;
 
 /// Exit code for bad configuration or usage.
 const EXIT_USAGE: u8 = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Command {
     Run,
     /// With `--drop-replaced`: also drop the indexes this version replaced.
@@ -28,6 +30,12 @@ enum Command {
     },
     Demo,
     Stats,
+    Queues,
+    /// An operator's statement (`--sql`: print it instead of running it).
+    Steer {
+        action: Action,
+        print_sql: bool,
+    },
 }
 
 fn usage() -> String {
@@ -37,13 +45,27 @@ fn usage() -> String {
          Usage: background-processing [COMMAND]\n\n\
          Commands:\n  \
            run      run the service (the default)\n  \
-           migrate  create or upgrade the jobs and workers tables (schema.sql, embedded);\n           \
-                    keeps the indexes this version replaced, for replicas of the\n           \
-                    previous version still running\n  \
+           migrate  create or upgrade the tables (schema.sql, embedded); keeps the\n           \
+                    indexes this version replaced, for replicas of earlier versions\n           \
+                    still running\n  \
            migrate --drop-replaced\n           \
                     the same, and drops those indexes (once every replica runs this version)\n  \
            demo     run the service, insert the original demo's jobs and print the table\n  \
-           stats    print counts by status, the oldest waiting job and recent throughput\n\n\
+           stats    print counts by status, what waits (and what no replica serves),\n           \
+                    the oldest waiting job and recent throughput\n  \
+           queues   print each queue: waiting, scheduled, running, paused, limits\n  \
+           cancel ID...\n           \
+                    cancel jobs: new or queued ones never start, running ones are interrupted\n  \
+           retry ID...\n           \
+                    run final jobs (FAILED!, CANCELLED!, DONE!) once more\n  \
+           retry --failed [--queue QUEUE] [--kind KIND]\n           \
+                    run every FAILED! job (of that queue and kind) once more\n  \
+           pause QUEUE\n           \
+                    stop claiming from a queue (running and queued jobs go on)\n  \
+           resume QUEUE\n           \
+                    claim from it again\n\n\
+         cancel, retry, pause and resume each run one SQL statement and say what it\n\
+         changed; with --sql they print the statement instead of running it.\n\n\
          Options:\n  \
            -h, --help     print this help\n  \
            -V, --version  print the version\n\n\
@@ -63,30 +85,52 @@ fn usage() -> String {
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
-    match args {
-        [] => Ok(Some(Command::Run)),
-        [one] => match one.as_str() {
-            "run" => Ok(Some(Command::Run)),
-            "migrate" => Ok(Some(Command::Migrate {
+    let Some((first, rest)) = args.split_first() else {
+        return Ok(Some(Command::Run));
+    };
+    let alone = |command: Command| match rest {
+        [] => Ok(Some(command)),
+        _ => Err(format!(
+            "{first} takes no arguments, got {:?}",
+            rest.join(" ")
+        )),
+    };
+    match first.as_str() {
+        "run" => alone(Command::Run),
+        "demo" => alone(Command::Demo),
+        "stats" => alone(Command::Stats),
+        "queues" => alone(Command::Queues),
+        "migrate" => match rest {
+            [] => Ok(Some(Command::Migrate {
                 drop_replaced: false,
             })),
-            "demo" => Ok(Some(Command::Demo)),
-            "stats" => Ok(Some(Command::Stats)),
-            "-h" | "--help" | "help" => {
-                print!("{}", usage());
-                Ok(None)
-            }
-            "-V" | "--version" => {
-                println!("background-processing {VERSION}");
-                Ok(None)
-            }
-            other => Err(format!("unknown command or option {other:?}")),
-        },
-        [migrate, flag] if migrate == "migrate" && flag == "--drop-replaced" => {
-            Ok(Some(Command::Migrate {
+            [flag] if flag == "--drop-replaced" => Ok(Some(Command::Migrate {
                 drop_replaced: true,
-            }))
+            })),
+            _ => Err(format!(
+                "migrate takes only --drop-replaced, got {:?}",
+                rest.join(" ")
+            )),
+        },
+        "cancel" | "retry" | "pause" | "resume" => {
+            let print_sql = rest.iter().any(|a| a == "--sql");
+            let rest: Vec<&str> = rest
+                .iter()
+                .map(String::as_str)
+                .filter(|a| *a != "--sql")
+                .collect();
+            let action = steer::parse(first, &rest)?;
+            Ok(Some(Command::Steer { action, print_sql }))
         }
+        "-h" | "--help" | "help" if rest.is_empty() => {
+            print!("{}", usage());
+            Ok(None)
+        }
+        "-V" | "--version" if rest.is_empty() => {
+            println!("background-processing {VERSION}");
+            Ok(None)
+        }
+        other if rest.is_empty() => Err(format!("unknown command or option {other:?}")),
         _ => Err(format!(
             "expected at most one command, got {:?}",
             args.join(" ")
@@ -129,6 +173,8 @@ pub fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
         Command::Demo => run::run(config, tasks, true),
         Command::Migrate { drop_replaced } => migrate::run(&config, drop_replaced).map(drop),
         Command::Stats => stats::run(&config),
+        Command::Queues => steer::queues(&config),
+        Command::Steer { action, print_sql } => steer::run(&config, &action, print_sql),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +188,7 @@ pub fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::steer::FailedFilter;
 
     #[test]
     fn commands_parse() {
@@ -162,6 +209,34 @@ mod tests {
         assert!(p(&["migrate", "--drop"]).is_err());
         assert_eq!(p(&["demo"]), Ok(Some(Command::Demo)));
         assert_eq!(p(&["stats"]), Ok(Some(Command::Stats)));
+        assert_eq!(p(&["queues"]), Ok(Some(Command::Queues)));
+        assert_eq!(
+            p(&["cancel", "9", "--sql", "3", "9"]),
+            Ok(Some(Command::Steer {
+                action: Action::Cancel(vec![3, 9]),
+                print_sql: true
+            }))
+        );
+        assert_eq!(
+            p(&["retry", "--failed", "--kind", "tally"]),
+            Ok(Some(Command::Steer {
+                action: Action::RetryFailed(FailedFilter {
+                    queue: None,
+                    kind: Some("tally".into())
+                }),
+                print_sql: false
+            }))
+        );
+        assert_eq!(
+            p(&["pause", "mail"]),
+            Ok(Some(Command::Steer {
+                action: Action::Pause("mail".into()),
+                print_sql: false
+            }))
+        );
+        assert!(p(&["pause", "mail", "more"]).is_err());
+        assert!(p(&["cancel", "-1"]).is_err());
+        assert!(p(&["queues", "mail"]).is_err());
         assert!(p(&["frobnicate"]).is_err());
         assert!(p(&["run", "extra"]).is_err());
     }

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::stats::stats_snapshot;
 use crate::job::status;
+use crate::maintenance::backlog::read_backlog;
 
 /// Prints the snapshot to stdout.
 pub fn run(config: &Config) -> anyhow::Result<()> {
@@ -26,6 +27,24 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         }
     }
     println!("  {:<12} {unknown}", "other (not the service's statuses)");
+    let backlog = read_backlog(&db, config.worker_dead_after).context("reading the backlog")?;
+    let waiting: u64 = backlog.iter().map(|b| b.waiting).sum();
+    let scheduled: u64 = backlog.iter().map(|b| b.scheduled).sum();
+    println!("new jobs: {waiting} due now, {scheduled} scheduled for later");
+    for b in backlog.iter().filter(|b| b.waiting > 0 || b.scheduled > 0) {
+        println!(
+            "  queue {:<16} kind {:<16} {} due, {} later{}",
+            b.queue,
+            b.kind,
+            b.waiting,
+            b.scheduled,
+            if b.served {
+                ""
+            } else {
+                "  (no live replica serves this queue and kind)"
+            }
+        );
+    }
     match s.oldest_waiting {
         Some((id, age)) => println!("oldest waiting job: id {id}, waiting {age:.1}s"),
         None => println!("oldest waiting job: none"),

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 pub use settings::Config;
 pub use values::{
-    MAX_DURATION, default_pool_size, host_name, is_worker_name, min_pool_size, redact_url,
+    MAX_DURATION, default_pool_size, host_name, is_name, is_worker_name, min_pool_size, redact_url,
     show_duration,
 };
 pub use vars::{DEFAULT_DATABASE_URL, DEFAULT_METRICS_ADDR, VARS, Var};
@@ -134,6 +134,7 @@ impl Config {
             db_statement_timeout: Duration::ZERO,
             log_level: LevelFilter::Info,
             worker_name: String::new(),
+            queues: Vec::new(),
             heartbeat_interval: Duration::ZERO,
             worker_dead_after: Duration::ZERO,
             max_attempts: 0,

@@ -38,6 +38,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// How this replica signs the rows it owns.
     pub worker_name: String,
+    /// The queues this replica claims from.
+    pub queues: Vec<String>,
     /// How often the heartbeat thread proves this replica alive.
     pub heartbeat_interval: Duration,
     /// A replica whose heartbeat is older than this is dead.

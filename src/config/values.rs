@@ -68,6 +68,27 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')
 }
 
+/// Queue and kind names are written into SQL text by the claim, like worker
+/// names: at most 64 letters, digits and `. _ - : @`.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(is_name_char)
+}
+
+/// `QUEUES`: comma-separated queue names, each once.
+pub(super) fn queue_list(value: &str) -> Result<Vec<String>, String> {
+    let expected = "a comma-separated list of queue names (each at most 64 letters, digits and . _ - : @), like default or default,mail";
+    let mut queues: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        if !is_name(name) {
+            return Err(expected.into());
+        }
+        if !queues.iter().any(|q| q == name) {
+            queues.push(name.to_string());
+        }
+    }
+    Ok(queues)
+}
+
 /// Worker names are written into SQL text by the claim (one statement of
 /// any batch size, never re-prepared), so they are kept to characters that
 /// need no quoting: what host names, pod names and pids are made of.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::settings::Config;
 use super::values::{
-    count, database_url, duration, level, metrics_addr, parse_duration, show_duration,
+    count, database_url, duration, level, metrics_addr, parse_duration, queue_list, show_duration,
 };
 
 /// The default `DATABASE_URL`.
@@ -198,6 +198,14 @@ pub const VARS: &[Var] = &[
             Ok(())
         },
         show: |c| c.worker_name.clone(),
+    },
+    Var {
+        name: "QUEUES",
+        default: "default",
+        help: "the queues this replica claims from, comma-separated",
+        read: Read::Plain,
+        set: |c, v| put(&mut c.queues, queue_list(v)),
+        show: |c| c.queues.join(","),
     },
     Var {
         name: "HEARTBEAT_INTERVAL",

@@ -14,10 +14,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, select};
 
 use super::finisher::{Finish, Outcome, Scope, write_one};
+use super::outcome::CANCELLED_ON_REQUEST;
 use crate::cancel::{Interrupt, Presence, Registry};
 use crate::config::Config;
 use crate::db::jobs::Dead;
 use crate::db::{Db, HeldConn};
+use crate::job::{Run, status};
 use crate::metrics::Counter;
 use crate::runtime::liveness::Liveness;
 
@@ -85,12 +87,16 @@ impl Canceller {
         }
     }
 
-    /// Cancels one dead run. Returns `Some(true)` if this call cancelled it,
-    /// `Some(false)` if it had already ended or moved on, or is not this
-    /// replica's to cancel (its task here returned and its outcome is being
-    /// written; or it is a live replica's), `None` if `stop` closed before
-    /// the write landed.
+    /// Cancels one dead run, or one whose cancel was requested. Returns
+    /// `Some(true)` if this call cancelled it (or interrupted its task here,
+    /// whose consumer writes it), `Some(false)` if it had already ended or
+    /// moved on, or is not this replica's to cancel (its task here returned
+    /// and its outcome is being written; or it is a live replica's), `None`
+    /// if `stop` closed before the write landed.
     pub fn cancel_one(&self, dead: Dead, stop: &Receiver<()>) -> Option<bool> {
+        if let Some(status) = &dead.requested {
+            return self.cancel_requested(&dead, status.as_deref(), stop);
+        }
         // Decided under the registry's lock: a task that returned first keeps
         // its outcome; one still running is interrupted and cancelled.
         let here = match self.registry.check_out(dead.run, Interrupt::Cancelled) {
@@ -106,20 +112,8 @@ impl Canceller {
             "cancelled: still running {} after it started ({source})",
             crate::config::show_duration(limit)
         );
-        let finish = Finish {
-            run: dead.run,
-            outcome: Outcome::Cancelled(reason),
-        };
-        let mut held = HeldConn::new(self.db.clone());
-        let cancelled = match write_one(&mut held, &self.scope(), &finish, stop) {
-            Ok(cancelled) => cancelled,
-            Err(e) => {
-                log::warn!("{}: cancelling it: {e}", dead.run);
-                return None;
-            }
-        };
+        let cancelled = self.write(dead.run, Outcome::Cancelled(reason), stop)?;
         if cancelled {
-            self.db.metrics().add(Counter::Cancelled, 1);
             log::info!(
                 "job {} cancelled: past {source}{}",
                 dead.run.id,
@@ -133,11 +127,62 @@ impl Canceller {
         Some(cancelled)
     }
 
+    /// A cancel requested for a job in `status`: one that never started is
+    /// cancelled by any replica; a task running here is interrupted (its
+    /// consumer writes the row); a run of a replica that is dead, or of
+    /// this one without a task here, is written `CANCELLED!`.
+    fn cancel_requested(
+        &self,
+        dead: &Dead,
+        status: Option<&str>,
+        stop: &Receiver<()>,
+    ) -> Option<bool> {
+        let reason = CANCELLED_ON_REQUEST.to_string();
+        let outcome = match status {
+            Some(status::STARTED) => {
+                match self.registry.check_out(dead.run, Interrupt::Requested) {
+                    Presence::Running => {
+                        log::info!(
+                            "job {}: cancel requested; interrupting its task",
+                            dead.run.id
+                        );
+                        return Some(true);
+                    }
+                    Presence::Finishing => return Some(false),
+                    Presence::Absent => Outcome::Cancelled(reason),
+                }
+            }
+            _ => Outcome::CancelledUnstarted(reason),
+        };
+        let cancelled = self.write(dead.run, outcome, stop)?;
+        if cancelled {
+            log::info!("job {} cancelled on request", dead.run.id);
+        }
+        Some(cancelled)
+    }
+
+    fn write(&self, run: Run, outcome: Outcome, stop: &Receiver<()>) -> Option<bool> {
+        let finish = Finish { run, outcome };
+        let mut held = HeldConn::new(self.db.clone());
+        match write_one(&mut held, &self.scope(), &finish, stop) {
+            Ok(cancelled) => {
+                if cancelled {
+                    self.db.metrics().add(Counter::Cancelled, 1);
+                }
+                Some(cancelled)
+            }
+            Err(e) => {
+                log::warn!("{run}: cancelling it: {e}");
+                None
+            }
+        }
+    }
+
     /// One canceller consumer's loop: until the channel closes or `stop`
     /// does.
     pub fn run(self, rx: Receiver<Dead>, stop: Receiver<()>) {
         loop {
-            let dead = select! {
+            let dead: Dead = select! {
                 recv(stop) -> _ => return,
                 recv(rx) -> msg => match msg {
                     Ok(dead) => dead,

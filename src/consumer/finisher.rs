@@ -27,10 +27,11 @@ use crate::cancel::Registry;
 use crate::config::Config;
 use crate::db::Connection;
 use crate::db::HeldConn;
+use crate::db::claim::job_release_claims;
 use crate::db::error::{DbError, DbResult};
 use crate::db::jobs::{
-    self, Canceller, Failure, Locks, job_cancel, job_fail, job_finish_many, job_retry,
-    job_runs_state,
+    self, Canceller, Failure, Locks, job_cancel, job_cancel_unstarted, job_fail, job_finish_many,
+    job_retry, job_runs_state,
 };
 use crate::db::retry::{Backoff, GaveUp, Retry};
 use crate::job::{Run, status};
@@ -58,15 +59,24 @@ pub enum Outcome {
     Failed(String),
     /// Its input is bad, found before it started: `FAILED!` from `QUEUED!`.
     Rejected(String),
-    /// It was interrupted (timeout, shutdown deadline): `CANCELLED!`.
+    /// It was interrupted (timeout, shutdown deadline, a cancel request):
+    /// `CANCELLED!`.
     Cancelled(String),
+    /// Never started, put back to new for any replica to claim (its queue
+    /// was at its `max_running`).
+    Released,
+    /// Never started (new or `QUEUED!`), and a cancel was requested:
+    /// `CANCELLED!` with the reason.
+    CancelledUnstarted(String),
 }
 
 impl Outcome {
     /// The status the run's row must be in for this outcome to be written.
     fn expected(&self) -> &'static str {
         match self {
-            Outcome::Rejected(_) => status::QUEUED,
+            Outcome::Rejected(_) | Outcome::Released | Outcome::CancelledUnstarted(_) => {
+                status::QUEUED
+            }
             _ => status::STARTED,
         }
     }
@@ -76,9 +86,9 @@ impl Outcome {
     fn target(&self) -> Option<&'static str> {
         match self {
             Outcome::Done => Some(status::DONE),
-            Outcome::Retry { .. } => None,
+            Outcome::Retry { .. } | Outcome::Released => None,
             Outcome::Failed(_) | Outcome::Rejected(_) => Some(status::FAILED),
-            Outcome::Cancelled(_) => Some(status::CANCELLED),
+            Outcome::Cancelled(_) | Outcome::CancelledUnstarted(_) => Some(status::CANCELLED),
         }
     }
 
@@ -88,7 +98,8 @@ impl Outcome {
             Outcome::Done => Counter::Done,
             Outcome::Retry { .. } => Counter::Retried,
             Outcome::Failed(_) | Outcome::Rejected(_) => Counter::Failed,
-            Outcome::Cancelled(_) => Counter::Cancelled,
+            Outcome::Cancelled(_) | Outcome::CancelledUnstarted(_) => Counter::Cancelled,
+            Outcome::Released => Counter::Released,
         }
     }
 }
@@ -160,6 +171,9 @@ fn write_single(conn: &mut Connection, scope: &Scope, f: &Finish, locks: Locks) 
         Outcome::Failed(_) => job_fail(conn, f.run, &failure(status::STARTED), locks),
         Outcome::Rejected(_) => job_fail(conn, f.run, &failure(status::QUEUED), locks),
         Outcome::Cancelled(reason) => job_cancel(conn, f.run, reason, &scope.canceller(), locks),
+        // Rare: no locks skipped.
+        Outcome::Released => Ok(job_release_claims(conn, &[f.run])? == 1),
+        Outcome::CancelledUnstarted(reason) => job_cancel_unstarted(conn, f.run, reason),
     }
 }
 

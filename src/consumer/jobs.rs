@@ -101,6 +101,9 @@ enum Handled {
     Lost,
     /// Shutdown came first: not started, left for the release.
     NotStarted,
+    /// Not started, put back for later (its queue at its `max_running`), or
+    /// cancelled on request while it waited.
+    Skipped,
 }
 
 /// One jobs consumer.
@@ -159,6 +162,11 @@ impl Consumer {
             Started::Yes => {}
             Started::Lost => return self.lost(&job, "starting"),
             Started::Failed(_) => return Handled::Rejected,
+            Started::Limited => {
+                self.ch.finisher.finish(job.run(), Outcome::Released);
+                return Handled::Skipped;
+            }
+            Started::Cancelled => return Handled::Skipped,
             Started::Busy | Started::Stopped => return Handled::NotStarted,
         }
         let ended = self.execute(&job, task.as_ref(), &ctx);
@@ -184,7 +192,7 @@ impl Consumer {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut said = false;
         loop {
-            let answer = self.ch.starter.start(job.run());
+            let answer = self.ch.starter.start(job);
             if answer != Started::Busy {
                 return answer;
             }
@@ -226,6 +234,7 @@ impl Consumer {
         }
         let tasks = &self.shared.tasks;
         let Some(task) = tasks.get(&job.kind) else {
+            // Claims take only the kinds this replica runs: not reached.
             return Err(format!(
                 "unknown task kind {:?}: this service runs {}",
                 job.kind,

@@ -9,6 +9,9 @@ use super::finisher::Outcome;
 use crate::cancel::Interrupt;
 use crate::task::{JobContext, TaskError};
 
+/// The `error` of a job cancelled by `cancel_requested_at`.
+pub const CANCELLED_ON_REQUEST: &str = "cancelled on request";
+
 /// The longest delay between two attempts.
 pub const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(3600);
 
@@ -33,6 +36,9 @@ pub fn judge(
 ) -> Option<Outcome> {
     let result = match ended {
         Ended::Interrupted(Interrupt::Cancelled) => return None,
+        Ended::Interrupted(Interrupt::Requested) => {
+            return Some(Outcome::Cancelled(CANCELLED_ON_REQUEST.into()));
+        }
         Ended::Interrupted(Interrupt::Shutdown) => {
             return Some(Outcome::Cancelled(format!(
                 "cancelled: interrupted by shutdown, still running SHUTDOWN_TIMEOUT ({}) after the stop signal",

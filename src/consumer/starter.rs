@@ -33,10 +33,11 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::finisher::{FinisherHandle, Outcome};
 use crate::config::Config;
 use crate::db::HeldConn;
-use crate::db::jobs::{Locks, RunsState, job_runs_state, job_start_many};
+use crate::db::jobs::{Locks, RunsState, job_runs_state, job_start_limited, job_start_many};
 use crate::db::retry::{GaveUp, Retry};
-use crate::job::{Run, status};
+use crate::job::{Job, Run, status};
 use crate::metrics::Counter;
+use crate::queues::Queues;
 
 /// Largest batch written by one statement.
 pub const MAX_BATCH: usize = 500;
@@ -69,6 +70,12 @@ pub enum Started {
     /// Another session holds the job's row locked: not started; ask again
     /// later.
     Busy,
+    /// Its queue already runs its `max_running` jobs: not started; put it
+    /// back for later.
+    Limited,
+    /// A cancel was requested while it waited: not started (the canceller
+    /// writes it `CANCELLED!`).
+    Cancelled,
     /// The server refused to start this row (a value out of range, say): it
     /// is being marked `FAILED!` with the reason.
     Failed(String),
@@ -108,6 +115,7 @@ impl Reply {
 /// unanswered (the starter is gone).
 struct StartRequest {
     run: Run,
+    queue: String,
     consumer: usize,
     reply: Option<Reply>,
 }
@@ -157,13 +165,14 @@ impl StartHandle {
         }
     }
 
-    /// Starts `run` (marks it `STARTED!`, committed) and waits for the
+    /// Starts `job` (marks it `STARTED!`, committed) and waits for the
     /// answer.
-    pub fn start(&self, run: Run) -> Started {
+    pub fn start(&self, job: &Job) -> Started {
         self.expected.set(false);
         let reply = Reply::default();
         let request = StartRequest {
-            run,
+            run: job.run(),
+            queue: job.queue.clone(),
             consumer: self.consumer,
             reply: Some(reply.clone()),
         };
@@ -228,16 +237,20 @@ impl Recent {
 pub struct Starter {
     cfg: StarterConfig,
     held: HeldConn,
+    queues: Arc<Queues>,
     finisher: FinisherHandle,
     rx: Receiver<ToStarter>,
 }
 
 impl Starter {
-    /// A starter writing through `held`, handing refused rows to `finisher`,
-    /// and the handle for consumer 0 (see [`StartHandle::for_consumer`]).
+    /// A starter writing through `held`, starting the jobs of a queue with a
+    /// `max_running` (as `queues` knows them) under that queue's lock,
+    /// handing refused rows to `finisher`; and the handle for consumer 0
+    /// (see [`StartHandle::for_consumer`]).
     pub fn new(
         cfg: StarterConfig,
         held: HeldConn,
+        queues: Arc<Queues>,
         finisher: FinisherHandle,
     ) -> (Starter, StartHandle) {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -249,6 +262,7 @@ impl Starter {
         let starter = Starter {
             cfg,
             held,
+            queues,
             finisher,
             rx,
         };
@@ -285,30 +299,73 @@ impl Starter {
     /// answered `Yes`. If the server refuses the statement, each run is
     /// tried alone, so one bad row fails by itself.
     fn start_batch(&mut self, stop: &Receiver<()>, batch: Vec<StartRequest>) -> Vec<usize> {
+        // The jobs of queues with a max_running start apart, queue by queue.
+        let (limited, batch): (Vec<StartRequest>, Vec<StartRequest>) = batch
+            .into_iter()
+            .partition(|r| self.queues.max_running(&r.queue).is_some());
+        let mut yes = self.start_limited(stop, limited);
+        if batch.is_empty() {
+            return yes;
+        }
         let runs: Vec<Run> = batch.iter().map(|r| r.run).collect();
         match self.write(stop, &runs) {
             Ok(state) => {
-                let metrics = self.held.db().metrics();
-                metrics.add(Counter::Started, state.written.len() as u64);
-                metrics.add(Counter::StartBatches, 1);
-                let mut yes = Vec::with_capacity(batch.len());
-                for r in batch {
-                    if state.written.contains(&r.run) {
-                        yes.push(r.consumer);
-                        r.answer(Started::Yes);
-                    } else if state.waiting.contains(&r.run) {
-                        r.answer(Started::Busy);
-                    } else {
-                        r.answer(Started::Lost);
-                    }
-                }
+                yes.extend(self.answer(batch, &state, &[]));
                 yes
             }
-            Err(GaveUp::Refused(_)) if batch.len() > 1 => batch
+            Err(e) => {
+                yes.extend(self.not_written(stop, batch, e));
+                yes
+            }
+        }
+    }
+
+    /// Answers each request of a batch written (`over_limit`: not started,
+    /// its queue runs its `max_running` already); returns the consumers
+    /// answered `Yes`.
+    fn answer(
+        &self,
+        batch: Vec<StartRequest>,
+        state: &RunsState,
+        over_limit: &[Run],
+    ) -> Vec<usize> {
+        let metrics = self.held.db().metrics();
+        metrics.add(Counter::Started, state.written.len() as u64);
+        metrics.add(Counter::StartBatches, 1);
+        let mut yes = Vec::with_capacity(batch.len());
+        for r in batch {
+            let answer = if state.written.contains(&r.run) {
+                yes.push(r.consumer);
+                Started::Yes
+            } else if state.waiting.contains(&r.run) {
+                Started::Busy
+            } else if state.cancel_requested.contains(&r.run) {
+                Started::Cancelled
+            } else if over_limit.contains(&r.run) {
+                Started::Limited
+            } else {
+                Started::Lost
+            };
+            r.answer(answer);
+        }
+        yes
+    }
+
+    /// A batch the database would not take: tried run by run if it refused
+    /// the statement (one bad row fails alone), else left unanswered
+    /// (`Stopped`).
+    fn not_written(
+        &mut self,
+        stop: &Receiver<()>,
+        batch: Vec<StartRequest>,
+        e: GaveUp,
+    ) -> Vec<usize> {
+        match e {
+            GaveUp::Refused(_) if batch.len() > 1 => batch
                 .into_iter()
                 .flat_map(|r| self.start_batch(stop, vec![r]))
                 .collect(),
-            Err(GaveUp::Refused(e)) => {
+            GaveUp::Refused(e) => {
                 let reason = format!("cannot start: the database refused it ({e})");
                 for r in batch {
                     log::warn!("job {} failed: {reason}", r.run.id);
@@ -319,8 +376,37 @@ impl Starter {
                 Vec::new()
             }
             // Dropped unanswered: Stopped.
-            Err(GaveUp::Stopped | GaveUp::TimedOut(_)) => Vec::new(),
+            GaveUp::Stopped | GaveUp::TimedOut(_) => Vec::new(),
         }
+    }
+
+    /// Starts the requests of queues with a `max_running`, one transaction
+    /// per queue under its row lock; returns the consumers answered `Yes`.
+    fn start_limited(&mut self, stop: &Receiver<()>, limited: Vec<StartRequest>) -> Vec<usize> {
+        let mut queues: Vec<String> = limited.iter().map(|r| r.queue.clone()).collect();
+        queues.sort();
+        queues.dedup();
+        let mut rest = limited;
+        let mut yes = Vec::new();
+        for queue in queues {
+            let (of_queue, others): (Vec<StartRequest>, Vec<StartRequest>) =
+                rest.into_iter().partition(|r| r.queue == queue);
+            rest = others;
+            let runs: Vec<Run> = of_queue.iter().map(|r| r.run).collect();
+            let timeout = self.cfg.job_timeout;
+            let db = self.held.db().clone();
+            let started = Retry::write("starting jobs of a queue with max_running", db.health())
+                .until_stopped(stop)
+                .run(|| {
+                    self.held
+                        .run(|c| job_start_limited(c, &queue, &runs, timeout))
+                });
+            match started {
+                Ok(s) => yes.extend(self.answer(of_queue, &s.state, &s.over_limit)),
+                Err(e) => yes.extend(self.not_written(stop, of_queue, e)),
+            }
+        }
+        yes
     }
 
     /// Writes the starts until they land or `stop` closes; returns the runs
@@ -348,7 +434,7 @@ impl Starter {
                     if changed as usize == runs.len() && tries == 1 {
                         return Ok(RunsState {
                             written: runs.to_vec(),
-                            waiting: Vec::new(),
+                            ..RunsState::default()
                         });
                     }
                     job_runs_state(c, runs, status::QUEUED, Some(status::STARTED))
@@ -397,6 +483,7 @@ mod tests {
         };
         let request = StartRequest {
             run,
+            queue: "default".into(),
             consumer,
             reply: Some(reply.clone()),
         };

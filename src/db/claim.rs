@@ -13,55 +13,138 @@ use super::pool::id_list;
 use super::row::{col, first};
 use crate::job::{Job, Run};
 
-const CLAIM_COLUMNS: &str =
-    "id, object_id, sleep, lease, kind, payload, attempts, max_attempts, timeout, priority";
+const CLAIM_COLUMNS: &str = "id, object_id, sleep, lease, kind, queue, payload, attempts, \
+     max_attempts, timeout, priority";
 
 /// Where a claim continues from: the `(priority, id)` of the last row the
-/// previous full claim took.
+/// previous full claim took from a source.
 pub type After = Option<(i32, u64)>;
 
-/// The claim's first query: new rows due now (`run_at` NULL), highest
-/// priority first, then oldest, skipping rows another replica is claiming
-/// right now. An equality prefix of the `(is_new, run_at, priority DESC,
-/// id)` index, read in order: rows scheduled for later are never read.
-pub fn claim_select_sql(limit: usize, after: After) -> String {
-    // Continuing after the last claim's (priority, id) skips the index
-    // entries of rows claimed moments ago, which purge has not removed yet:
-    // without it every claim rereads them, and gets slower as work flows.
-    // The index is named because, given the OR, the optimizer prefers to
-    // read the whole (is_new, run_at) prefix and filter it (measured 10x
-    // slower on 20,000 new rows) over seeking to where the claim left off.
-    let after = match after {
-        Some((p, id)) => format!(" AND (priority < {p} OR (priority = {p} AND id > {id}))"),
-        None => String::new(),
-    };
-    format!(
-        "SELECT {CLAIM_COLUMNS} FROM jobs FORCE INDEX (jobs_new) \
-         WHERE is_new = 1 AND run_at IS NULL{after} \
-         ORDER BY priority DESC, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
-    )
+/// One place a claim takes jobs from: a queue this replica serves and a kind
+/// it runs, at most `limit` jobs, which is the queue's cap: a claim takes at
+/// most that many from the queue's sources together. Names are validated (letters, digits and
+/// `. _ - : @`), so they are written into the statement as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The queue.
+    pub queue: String,
+    /// The kind.
+    pub kind: String,
+    /// At most this many jobs from it.
+    pub limit: usize,
+    /// Continue after this `(priority, id)` instead of from the top.
+    pub after: After,
 }
 
-/// The claim's second query: scheduled rows (and retries) that have fallen
-/// due, in the order they fell due. A range of the same index that ends at
-/// now: rows scheduled for later are never read.
-pub fn claim_scheduled_sql(limit: usize) -> String {
-    format!(
-        "SELECT {CLAIM_COLUMNS} FROM jobs WHERE is_new = 1 AND run_at <= NOW(6) \
-         ORDER BY run_at, priority DESC, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
-    )
+impl Source {
+    /// `limit` jobs of `kind` from `queue`, from the top.
+    pub fn new(queue: &str, kind: &str, limit: usize) -> Source {
+        Source {
+            queue: queue.to_string(),
+            kind: kind.to_string(),
+            limit,
+            after: None,
+        }
+    }
+
+    /// The conditions every claim of this source has: new, of its queue and
+    /// kind, no cancel requested (since the last run ended), the queue not
+    /// paused. An equality prefix of the `(is_new, queue, kind, run_at,
+    /// priority DESC, id)` index: rows of other queues and kinds are never
+    /// read.
+    fn conditions(&self) -> String {
+        format!(
+            "is_new = 1 AND queue = '{q}' AND kind = '{k}' \
+             AND (cancel_requested_at IS NULL OR cancel_requested_at <= finished_at) \
+             AND NOT EXISTS (SELECT 1 FROM queues WHERE queues.name = '{q}' AND queues.paused = 1)",
+            q = self.queue,
+            k = self.kind
+        )
+    }
+
+    /// New rows due now (`run_at` NULL), highest priority first, then
+    /// oldest, skipping rows another replica is claiming right now; rows
+    /// scheduled for later are never read.
+    fn due_now_sql(&self) -> String {
+        // Continuing after the last claim's (priority, id) skips the index
+        // entries of rows claimed moments ago, which purge has not removed
+        // yet: without it every claim rereads them, and gets slower as work
+        // flows. The index is named because, given the OR, the optimizer
+        // prefers to read the whole prefix and filter it (measured 10x
+        // slower on 20,000 new rows) over seeking to where it left off.
+        let after = match self.after {
+            Some((p, id)) => format!(" AND (priority < {p} OR (priority = {p} AND id > {id}))"),
+            None => String::new(),
+        };
+        format!(
+            "(SELECT {CLAIM_COLUMNS} FROM jobs FORCE INDEX (jobs_new_routed) \
+             WHERE {} AND run_at IS NULL{after} \
+             ORDER BY priority DESC, id LIMIT {} FOR UPDATE SKIP LOCKED)",
+            self.conditions(),
+            self.limit
+        )
+    }
+
+    /// Scheduled rows (and retries) that have fallen due, in the order they
+    /// fell due: a range of the same index that ends at now.
+    fn scheduled_sql(&self) -> String {
+        format!(
+            "(SELECT {CLAIM_COLUMNS} FROM jobs FORCE INDEX (jobs_new_routed) \
+             WHERE {} AND run_at <= NOW(6) \
+             ORDER BY run_at, priority DESC, id LIMIT {} FOR UPDATE SKIP LOCKED)",
+            self.conditions(),
+            self.limit
+        )
+    }
 }
 
-/// Whether any new row is due, by a plain read (no transaction, no
-/// locks): an idle replica asks this instead of opening a claim
-/// transaction on every tick. Uses the claim index.
-pub const CLAIMABLE_SQL: &str = "(SELECT 1 FROM jobs WHERE is_new = 1 AND run_at IS NULL LIMIT 1) \
-     UNION ALL (SELECT 1 FROM jobs WHERE is_new = 1 AND run_at <= NOW(6) LIMIT 1) LIMIT 1";
+/// The claim's first query: each source's rows due now (see
+/// [`Source::due_now_sql`]), one `UNION ALL`.
+pub fn claim_select_sql(sources: &[Source]) -> String {
+    union(sources.iter().map(Source::due_now_sql))
+}
 
-/// See [`CLAIMABLE_SQL`].
-pub fn job_any_claimable(conn: &mut Connection) -> DbResult<bool> {
-    let found: Vec<u8> = conn.query_rows(CLAIMABLE_SQL, first)?;
+/// The claim's second query: each source's scheduled rows that fell due.
+pub fn claim_scheduled_sql(sources: &[Source]) -> String {
+    union(sources.iter().map(Source::scheduled_sql))
+}
+
+fn union(parts: impl Iterator<Item = String>) -> String {
+    parts.collect::<Vec<_>>().join(" UNION ALL ")
+}
+
+/// Whether any new row of these sources is due, by a plain read (no
+/// transaction, no locks): an idle replica asks this instead of opening a
+/// claim transaction on every tick. Uses the claim index.
+pub fn claimable_sql(sources: &[Source]) -> String {
+    let parts = sources.iter().flat_map(|s| {
+        let c = s.conditions();
+        [
+            format!("(SELECT 1 FROM jobs WHERE {c} AND run_at IS NULL LIMIT 1)"),
+            format!("(SELECT 1 FROM jobs WHERE {c} AND run_at <= NOW(6) LIMIT 1)"),
+        ]
+    });
+    format!("{} LIMIT 1", union(parts))
+}
+
+/// See [`claimable_sql`].
+pub fn job_any_claimable(conn: &mut Connection, sources: &[Source]) -> DbResult<bool> {
+    if sources.is_empty() {
+        return Ok(false);
+    }
+    let found: Vec<u8> = conn.query_rows(claimable_sql(sources), first)?;
     Ok(!found.is_empty())
+}
+
+/// How many jobs of `queue` are `STARTED!` now, on any replica (the
+/// running jobs of every queue, from the `jobs_running` index).
+pub fn job_running_in(conn: &mut Connection, queue: &str) -> DbResult<u64> {
+    let n: Vec<u64> = conn.exec_rows(
+        "SELECT COUNT(*) FROM jobs WHERE is_running = 1 AND queue = :queue",
+        params! { queue },
+        first,
+    )?;
+    Ok(n.into_iter().next().unwrap_or(0))
 }
 
 /// The next lease after `lease`, as the claim computes it: wraps to 1
@@ -78,15 +161,17 @@ pub fn next_lease(lease: u64) -> u64 {
 const NEXT_LEASE_SQL: &str = "IF(lease < 9223372036854775807, lease + 1, 1)";
 
 /// What to claim.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Claim<'a> {
     /// The claiming replica's name (a validated worker name).
     pub owner: &'a str,
-    /// At most this many rows.
+    /// Where from, and at most how many from each.
+    pub sources: &'a [Source],
+    /// At most this many in all.
     pub limit: usize,
-    /// Continue after this `(priority, id)` instead of from the top; then
-    /// scheduled rows are looked for only if the due-now rows run short.
-    pub after: After,
+    /// Continuing a full claim: scheduled rows are looked for only if the
+    /// due-now rows run short.
+    pub continued: bool,
 }
 
 /// A claim that did not land.
@@ -113,7 +198,7 @@ impl From<DbError> for ClaimFailed {
 /// owner and a new lease, and commits. Returns the claimed jobs, in claim
 /// order (highest priority first, then oldest).
 pub fn job_claim_many(conn: &mut Connection, claim: &Claim) -> Result<Vec<Job>, ClaimFailed> {
-    if claim.limit == 0 {
+    if claim.limit == 0 || claim.sources.iter().all(|s| s.limit == 0) {
         return Ok(Vec::new());
     }
     // Text protocol: a prepared statement would be prepared anew for every
@@ -141,22 +226,57 @@ pub fn job_claim_many(conn: &mut Connection, claim: &Claim) -> Result<Vec<Job>, 
 
 /// The reads and the update of a claim, inside its transaction.
 fn claim_in_transaction(conn: &mut Connection, claim: &Claim) -> DbResult<Vec<Job>> {
-    let limit = claim.limit;
-    let mut raw: Vec<Row> = conn.query_rows(claim_select_sql(limit, claim.after), Ok)?;
+    let sources: Vec<Source> = claim
+        .sources
+        .iter()
+        .filter(|s| s.limit > 0)
+        .cloned()
+        .collect();
+    let mut raw: Vec<Row> = conn.query_rows(claim_select_sql(&sources), Ok)?;
     // Scheduled rows that fell due are looked for on every claim from the
     // top (each tick) and whenever the due-now rows run short; a claim that
     // continues a full one skips them, so the hot path costs one read.
-    if claim.after.is_none() || raw.len() < limit {
-        raw.extend(conn.query_rows(claim_scheduled_sql(limit), Ok)?);
+    if !claim.continued || raw.len() < claim.limit {
+        let unscheduled: Vec<Source> = sources
+            .iter()
+            .map(|s| Source {
+                after: None,
+                ..s.clone()
+            })
+            .collect();
+        raw.extend(conn.query_rows(claim_scheduled_sql(&unscheduled), Ok)?);
     }
     let mut jobs = read_claimed(conn, raw)?;
     if jobs.is_empty() {
         return Ok(jobs);
     }
-    // The two queries' candidates, in claim order. The ones left over stay
-    // new (their locks go at commit).
+    // The queries' candidates, in claim order, each queue's at most its
+    // sources' limit (the queue's cap, shared by its kinds). The ones left
+    // over stay new (their locks go at commit).
     jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-    jobs.truncate(limit);
+    let mut taken: Vec<(&str, usize)> = Vec::new();
+    jobs.retain(|j| {
+        let Some(source) = sources
+            .iter()
+            .find(|s| s.queue == j.queue && s.kind == j.kind)
+        else {
+            return false;
+        };
+        let i = match taken.iter().position(|(q, _)| *q == j.queue) {
+            Some(i) => i,
+            None => {
+                taken.push((source.queue.as_str(), 0));
+                taken.len() - 1
+            }
+        };
+        if taken[i].1 < source.limit {
+            taken[i].1 += 1;
+            true
+        } else {
+            false
+        }
+    });
+    jobs.truncate(claim.limit);
     conn.query_drop(format!(
         "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6), owner = '{}', \
          lease = {NEXT_LEASE_SQL} WHERE id IN ({}) AND status IS NULL",
@@ -204,6 +324,7 @@ fn claimed_job(row: &mut Row) -> DbResult<Job> {
         object_id: col(row, "object_id")?,
         sleep: col(row, "sleep")?,
         kind: col(row, "kind")?,
+        queue: col(row, "queue")?,
         payload: col(row, "payload")?,
         attempts: col(row, "attempts")?,
         max_attempts: col(row, "max_attempts")?,

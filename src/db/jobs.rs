@@ -23,16 +23,19 @@ use super::conn::Connection;
 use super::error::{DbError, DbResult};
 use super::pool::id_list;
 use super::row::col;
-use crate::job::Run;
+use crate::job::{Run, status};
 
-/// A run past its deadline, for the canceller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A run to cancel: past its deadline, or with a cancel requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dead {
     /// The run to cancel.
     pub run: Run,
     /// The job's own timeout in milliseconds, if it had one (else the
     /// service's `JOB_TIMEOUT` applied).
     pub timeout_ms: Option<u64>,
+    /// A cancel was requested (rather than a deadline passed): the row's
+    /// status then (NULL, `QUEUED!` or `STARTED!`).
+    pub requested: Option<Option<String>>,
 }
 
 /// The canceller's query: running jobs past their deadline (set when they
@@ -44,20 +47,24 @@ pub struct Dead {
 /// started_at)` index.
 pub fn dead_select_sql(timeout: Duration, limit: usize) -> String {
     let ago = format!("NOW(6) - INTERVAL {} MICROSECOND", timeout.as_micros());
+    let cols = "id, lease, timeout, status, 0 AS requested";
     format!(
-        "(SELECT id, lease, timeout FROM jobs WHERE is_running = 1 AND deadline_at < NOW(6) \
+        "(SELECT {cols} FROM jobs WHERE is_running = 1 AND deadline_at < NOW(6) \
          ORDER BY deadline_at LIMIT {limit}) \
          UNION ALL \
-         (SELECT id, lease, timeout FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
+         (SELECT {cols} FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
          AND started_at < {ago} ORDER BY started_at LIMIT {limit}) \
          UNION ALL \
-         (SELECT id, lease, timeout FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
-         AND started_at IS NULL AND COALESCE(queued_at, created_at) < {ago} LIMIT {limit})"
+         (SELECT {cols} FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
+         AND started_at IS NULL AND COALESCE(queued_at, created_at) < {ago} LIMIT {limit}) \
+         UNION ALL \
+         (SELECT id, lease, timeout, status, 1 AS requested FROM jobs \
+         WHERE cancel_pending = 1 LIMIT {limit})"
     )
 }
 
 /// Up to `limit` jobs still `STARTED!` more than `timeout` after they
-/// started.
+/// started, and up to `limit` whose cancel was requested.
 pub fn job_find_dead(
     conn: &mut Connection,
     timeout: Duration,
@@ -67,9 +74,11 @@ pub fn job_find_dead(
         return Ok(Vec::new());
     }
     conn.query_rows(dead_select_sql(timeout, limit), |mut row| {
+        let status: Option<String> = col(&mut row, "status")?;
         Ok(Dead {
             run: run_of(&mut row)?,
             timeout_ms: col(&mut row, "timeout")?,
+            requested: (col::<i64>(&mut row, "requested")? == 1).then_some(status),
         })
     })
 }
@@ -145,16 +154,23 @@ pub fn start_many_skip_locked_sql(size: usize) -> String {
     start_sql(size, Locks::Skip)
 }
 
+/// A cancel was requested since the row's last run ended (a request older
+/// than that run's end belongs to it, and a re-run ignores it).
+pub const CANCEL_REQUESTED: &str = "(cancel_requested_at IS NOT NULL AND (finished_at IS NULL OR cancel_requested_at > finished_at))";
+
 fn start_sql(size: usize, locks: Locks) -> String {
+    // A re-run (status set back to NULL by hand) starts clean: the previous
+    // run's end, error and cancel request go; `errors` keeps the history.
     locks.update(
         &format!("id IN ({})", vec!["?"; size].join(", ")),
         &format!(
             "status = 'STARTED!', started_at = NOW(6), attempts = attempts + 1, \
              deadline_at = NOW(6) + INTERVAL LEAST(COALESCE(timeout, ?), {MAX_TIMEOUT_MS}) \
-             * 1000 MICROSECOND"
+             * 1000 MICROSECOND, finished_at = NULL, cancelled_at = NULL, error = NULL, \
+             cancel_requested_at = NULL"
         ),
         &format!(
-            "status = 'QUEUED!' AND lease = CASE jobs.id{} END",
+            "status = 'QUEUED!' AND lease = CASE jobs.id{} END AND NOT {CANCEL_REQUESTED}",
             " WHEN ? THEN ?".repeat(size)
         ),
     )
@@ -341,6 +357,21 @@ pub fn job_cancel(
     Ok(conn.affected_rows() == 1)
 }
 
+/// Cancels a job that never started (new or `QUEUED!`, under the lease the
+/// canceller saw) and whose cancel was requested: `CANCELLED!`, "cancelled
+/// on request". Any replica may: nothing runs it.
+pub fn job_cancel_unstarted(conn: &mut Connection, run: Run, reason: &str) -> DbResult<bool> {
+    conn.exec_drop(
+        format!(
+            "UPDATE jobs SET status = 'CANCELLED!', cancelled_at = NOW(6), finished_at = NOW(6), \
+             error = :reason WHERE id = :id AND lease = :lease \
+             AND (status IS NULL OR status = 'QUEUED!') AND {CANCEL_REQUESTED}"
+        ),
+        params! { "id" => run.id, "lease" => run.lease, reason },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
 /// Where each of the given runs stands, read back after a write that
 /// changed fewer rows than asked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -350,6 +381,9 @@ pub struct RunsState {
     /// Still in the status the write expected, under the run's lease: the
     /// row was locked by another session; try again later.
     pub waiting: Vec<Run>,
+    /// Still in the status the write expected, but a cancel is requested:
+    /// not to be written (a start) or waited for.
+    pub cancel_requested: Vec<Run>,
 }
 
 /// Sorts `runs` by where their rows stand: in `target` (written), still in
@@ -364,26 +398,89 @@ pub fn job_runs_state(
     if runs.is_empty() {
         return Ok(RunsState::default());
     }
-    let rows: Vec<(Run, Option<String>)> = conn.query_rows(
+    type Read = (Run, Option<String>, bool);
+    let rows: Vec<Read> = conn.query_rows(
         format!(
-            "SELECT id, lease, status FROM jobs WHERE id IN ({})",
+            "SELECT id, lease, status, {CANCEL_REQUESTED} AS requested FROM jobs WHERE id IN ({})",
             id_list(runs.iter().map(|r| r.id))
         ),
-        |mut row| Ok((run_of(&mut row)?, col(&mut row, "status")?)),
+        |mut row| {
+            let requested = col::<Option<i64>>(&mut row, "requested")?.unwrap_or(0) == 1;
+            Ok((run_of(&mut row)?, col(&mut row, "status")?, requested))
+        },
     )?;
     let mut state = RunsState::default();
     for run in runs {
-        let status = rows
-            .iter()
-            .find(|(r, _)| r == run)
-            .map(|(_, status)| status.as_deref());
-        match status {
-            Some(s) if s == Some(expected) => state.waiting.push(*run),
-            Some(s) if s == target => state.written.push(*run),
+        let Some((_, status, requested)) = rows.iter().find(|(r, _, _)| r == run) else {
+            continue;
+        };
+        match status.as_deref() {
+            s if s == Some(expected) && *requested => state.cancel_requested.push(*run),
+            s if s == Some(expected) => state.waiting.push(*run),
+            s if s == target => state.written.push(*run),
             _ => {}
         }
     }
     Ok(state)
+}
+
+/// What a start under a queue's `max_running` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LimitedStart {
+    /// Where the runs it tried stand (see [`job_runs_state`]).
+    pub state: RunsState,
+    /// Runs not started because the queue already runs `max_running` jobs.
+    pub over_limit: Vec<Run>,
+}
+
+/// Starts runs of `queue`, a queue with a `max_running`, no more than it
+/// allows: under the queue's row lock (held to the commit, so the starts of
+/// every replica for this queue take turns), it counts the queue's running
+/// jobs and starts at most the difference, in the order given. A queue
+/// whose limit was lifted meanwhile starts them all.
+pub fn job_start_limited(
+    conn: &mut Connection,
+    queue: &str,
+    runs: &[Run],
+    timeout: Duration,
+) -> DbResult<LimitedStart> {
+    conn.transaction(|c| {
+        // Other replicas' starts of this queue hold its row only for a
+        // statement or two: wait for them (the batch writers' sessions
+        // otherwise give up on a lock at once).
+        c.query_drop("SET SESSION innodb_lock_wait_timeout = 2")?;
+        let result = start_limited_locked(c, queue, runs, timeout);
+        c.query_drop("SET SESSION innodb_lock_wait_timeout = 0")?;
+        result
+    })
+}
+
+fn start_limited_locked(
+    c: &mut Connection,
+    queue: &str,
+    runs: &[Run],
+    timeout: Duration,
+) -> DbResult<LimitedStart> {
+    let max: Vec<Option<u64>> = c.exec_rows(
+        "SELECT max_running FROM queues WHERE name = :queue FOR UPDATE",
+        params! { queue },
+        super::row::first,
+    )?;
+    let allowed = match max.into_iter().next().flatten() {
+        Some(max) => {
+            let running = super::claim::job_running_in(c, queue)?;
+            max.saturating_sub(running).min(runs.len() as u64) as usize
+        }
+        None => runs.len(),
+    };
+    let (now, later) = runs.split_at(allowed);
+    if !now.is_empty() {
+        job_start_many(c, now, timeout, Locks::Skip)?;
+    }
+    Ok(LimitedStart {
+        state: job_runs_state(c, now, status::QUEUED, Some(status::STARTED))?,
+        over_limit: later.to_vec(),
+    })
 }
 
 /// Of the given runs, those whose row is in `status` under that lease.
@@ -403,22 +500,48 @@ pub fn jobs_in_status(conn: &mut Connection, runs: &[Run], status: &str) -> DbRe
     Ok(runs.iter().copied().filter(|r| rows.contains(r)).collect())
 }
 
-/// Which of the given runs are still `STARTED!` (primary key lookups).
+/// Which of the given runs are still `STARTED!`, and whether a cancel is
+/// requested for each (primary key lookups).
 pub fn find_lost_sql(runs: &[Run]) -> String {
     format!(
-        "SELECT id, lease FROM jobs WHERE id IN ({}) AND status = 'STARTED!'",
+        "SELECT id, lease, {CANCEL_REQUESTED} AS requested FROM jobs WHERE id IN ({}) \
+         AND status = 'STARTED!'",
         id_list(runs.iter().map(|r| r.id))
     )
 }
 
-/// Of the given runs, those no longer `STARTED!` under their lease: cancelled
-/// or rescued elsewhere, so this replica should interrupt them.
-pub fn job_find_lost(conn: &mut Connection, runs: &[Run]) -> DbResult<Vec<Run>> {
+/// What the watcher found of the runs it asked about.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// No longer `STARTED!` under their lease: cancelled or rescued
+    /// elsewhere.
+    pub gone: Vec<Run>,
+    /// Still `STARTED!`, with a cancel requested.
+    pub requested: Vec<Run>,
+}
+
+/// Of the given runs, those this replica should interrupt: gone (cancelled
+/// or rescued elsewhere), or with a cancel requested.
+pub fn job_find_lost(conn: &mut Connection, runs: &[Run]) -> DbResult<Lost> {
     if runs.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Lost::default());
     }
-    let live: Vec<Run> = conn.query_rows(find_lost_sql(runs), |mut row| run_of(&mut row))?;
-    Ok(runs.iter().copied().filter(|r| !live.contains(r)).collect())
+    let live: Vec<(Run, bool)> = conn.query_rows(find_lost_sql(runs), |mut row| {
+        let requested = col::<Option<i64>>(&mut row, "requested")?.unwrap_or(0) == 1;
+        Ok((run_of(&mut row)?, requested))
+    })?;
+    Ok(Lost {
+        gone: runs
+            .iter()
+            .copied()
+            .filter(|r| !live.iter().any(|(l, _)| l == r))
+            .collect(),
+        requested: live
+            .into_iter()
+            .filter(|(_, q)| *q)
+            .map(|(r, _)| r)
+            .collect(),
+    })
 }
 
 /// Deletes up to `limit` final rows that finished before `age` ago. Uses the

@@ -22,6 +22,7 @@ pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 /// Columns added after the original service, with their definitions.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
+    // (in the order they were added; `migrate` adds them in this order)
     ("error", "TEXT NULL"),
     ("owner", "VARCHAR(255) NULL"),
     ("lease", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
@@ -47,28 +48,49 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
         "final_at",
         "DATETIME(6) AS (IF(status IN ('DONE!', 'CANCELLED!', 'FAILED!'), finished_at, NULL)) VIRTUAL",
     ),
+    ("queue", "VARCHAR(64) NOT NULL DEFAULT 'default'"),
+    ("cancel_requested_at", "DATETIME(6) NULL"),
+    (
+        "cancel_pending",
+        "TINYINT AS (IF(cancel_requested_at IS NOT NULL AND (finished_at IS NULL \
+         OR cancel_requested_at > finished_at) AND (status IS NULL \
+         OR status IN ('QUEUED!', 'STARTED!')), 1, NULL)) VIRTUAL",
+    ),
+];
+
+/// Columns of `workers` added after it was first made.
+const ADDED_WORKER_COLUMNS: &[(&str, &str)] = &[
+    ("queues", "VARCHAR(1024) NOT NULL DEFAULT ''"),
+    ("kinds", "VARCHAR(1024) NOT NULL DEFAULT ''"),
 ];
 
 /// Indexes the service's queries need, with their columns.
 const INDEXES: &[(&str, &str)] = &[
-    ("jobs_new", "is_new, run_at, priority DESC, id"),
+    (
+        "jobs_new_routed",
+        "is_new, queue, kind, run_at, priority DESC, id",
+    ),
     ("jobs_running", "is_running, deadline_at, started_at"),
     ("jobs_held_by", "held_by"),
     ("jobs_final_at", "final_at"),
+    ("jobs_cancel", "cancel_pending"),
 ];
 
 /// Indexes of versions before the previous one: no running replica can use
 /// them (the previous version's `migrate` dropped them), so they go at once.
 const OBSOLETE_INDEXES: &[&str] = &["jobs_status_id", "jobs_status_started_at", "jobs_claim"];
 
-/// The previous version's indexes, which this version's replace. They began
-/// with `status`, so every transition moved an entry in each of them; kept
-/// until `migrate --drop-replaced`.
+/// Earlier versions' indexes, which this version's replace: those that
+/// began with `status` (every transition moved an entry in each of them),
+/// and the claim index of the versions before queues (`jobs_new`, which
+/// their replicas name in every claim). Kept until `migrate
+/// --drop-replaced`, for replicas of those versions during a rolling update.
 pub const REPLACED_INDEXES: &[&str] = &[
     "jobs_claim_due",
     "jobs_deadline",
     "jobs_status_owner",
     "jobs_status_finished_at",
+    "jobs_new",
 ];
 
 /// The statements of `schema.sql`, without comments.
@@ -233,24 +255,33 @@ fn table_names(conn: &mut Connection) -> DbResult<Vec<String>> {
     )
 }
 
-/// The columns of `jobs`.
-fn column_names(conn: &mut Connection) -> DbResult<Vec<String>> {
+/// The columns of `table`.
+fn column_names(conn: &mut Connection, table: &str) -> DbResult<Vec<String>> {
     conn.query_rows(
-        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
+        format!(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{table}'"
+        ),
         first,
     )
 }
 
-/// Adds the columns added after the original service that `jobs` lacks.
+/// Adds the columns added after the original service that `jobs` (and
+/// `workers`) lack.
 fn add_columns(conn: &mut Connection, report: &mut MigrateReport) -> DbResult<()> {
-    let columns = column_names(conn)?;
-    for (name, definition) in ADDED_COLUMNS {
-        if !columns.iter().any(|c| c.eq_ignore_ascii_case(name)) {
-            tolerate_race(
-                conn.query_drop(format!("ALTER TABLE jobs ADD COLUMN `{name}` {definition}")),
-            )?;
-            report.added_columns.push(name.to_string());
+    for (table, added) in [("jobs", ADDED_COLUMNS), ("workers", ADDED_WORKER_COLUMNS)] {
+        let columns = column_names(conn, table)?;
+        for (name, definition) in added {
+            if !columns.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+                tolerate_race(conn.query_drop(format!(
+                    "ALTER TABLE {table} ADD COLUMN `{name}` {definition}"
+                )))?;
+                let shown = match table {
+                    "jobs" => name.to_string(),
+                    _ => format!("{table}.{name}"),
+                };
+                report.added_columns.push(shown);
+            }
         }
     }
     Ok(())
@@ -323,32 +354,26 @@ fn tolerate_race(result: DbResult<()>) -> DbResult<()> {
 
 /// Fails with a clear message when the tables `run` needs are missing.
 pub fn check(conn: &mut Connection) -> DbResult<()> {
-    let tables: Vec<String> = conn.query_rows(
-        "SELECT TABLE_NAME FROM information_schema.TABLES \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('jobs', 'workers')",
-        first,
-    )?;
-    let columns: Vec<String> = conn.query_rows(
-        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
-        first,
-    )?;
-    let missing_table = ["jobs", "workers"]
+    let tables = table_names(conn)?;
+    let missing_table = ["jobs", "workers", "queues"]
         .into_iter()
         .find(|t| !tables.iter().any(|x| x.eq_ignore_ascii_case(t)));
-    let missing_column = ADDED_COLUMNS
-        .iter()
-        .map(|(c, _)| *c)
-        .find(|c| !columns.iter().any(|x| x.eq_ignore_ascii_case(c)));
     if let Some(t) = missing_table {
         return Err(DbError::Schema(format!(
             "table `{t}` is missing: run `background-processing migrate` first"
         )));
     }
-    if let Some(c) = missing_column {
-        return Err(DbError::Schema(format!(
-            "column jobs.{c} is missing: run `background-processing migrate` to upgrade the table"
-        )));
+    for (table, added) in [("jobs", ADDED_COLUMNS), ("workers", ADDED_WORKER_COLUMNS)] {
+        let columns = column_names(conn, table)?;
+        let missing = added
+            .iter()
+            .map(|(c, _)| *c)
+            .find(|c| !columns.iter().any(|x| x.eq_ignore_ascii_case(c)));
+        if let Some(c) = missing {
+            return Err(DbError::Schema(format!(
+                "column {table}.{c} is missing: run `background-processing migrate` to upgrade the table"
+            )));
+        }
     }
     if status_collation(conn)?.as_deref() != Some(STATUS_COLLATION) {
         return Err(DbError::Schema(
@@ -378,7 +403,9 @@ mod tests {
     #[test]
     fn schema_splits_into_create_statements() {
         let statements = schema_statements();
-        assert_eq!(statements.len(), 2);
+        assert_eq!(statements.len(), 3);
+        let tables: Vec<&str> = statements.iter().map(|s| created_table(s)).collect();
+        assert_eq!(tables, ["jobs", "workers", "queues"]);
         assert!(
             statements
                 .iter()

@@ -28,9 +28,11 @@ pub mod jobs;
 pub mod migrate;
 pub mod owners;
 pub mod pool;
+pub mod queues;
 pub mod retry;
 pub mod row;
 pub mod stats;
+pub mod steer;
 pub mod workers;
 
 pub use conn::Connection;

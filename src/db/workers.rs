@@ -22,6 +22,10 @@ pub struct Registration<'a> {
     pub pid: u32,
     /// The service version it runs.
     pub version: &'a str,
+    /// The queues it serves, comma-separated.
+    pub queues: &'a str,
+    /// The kinds it runs, comma-separated.
+    pub kinds: &'a str,
 }
 
 /// Registers (or re-registers) a replica with a fresh heartbeat.
@@ -31,13 +35,16 @@ pub fn worker_register(conn: &mut Connection, r: &Registration) -> DbResult<()> 
         host,
         pid,
         version,
+        queues,
+        kinds,
     } = *r;
     conn.exec_drop(
-        "INSERT INTO workers (name, host, pid, version, started_at, heartbeat_at) \
-         VALUES (:name, :host, :pid, :version, NOW(6), NOW(6)) \
+        "INSERT INTO workers (name, host, pid, version, started_at, heartbeat_at, queues, kinds) \
+         VALUES (:name, :host, :pid, :version, NOW(6), NOW(6), :queues, :kinds) \
          ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), \
-         version = VALUES(version), heartbeat_at = NOW(6)",
-        params! { name, host, pid, version },
+         version = VALUES(version), heartbeat_at = NOW(6), queues = VALUES(queues), \
+         kinds = VALUES(kinds)",
+        params! { name, host, pid, version, queues, kinds },
     )
 }
 

@@ -29,14 +29,21 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// When a silent name is free to take (`WORKER_DEAD_AFTER`).
     pub dead_after: Duration,
+    /// The queues this replica serves (`QUEUES`), as registered.
+    pub queues: Vec<String>,
+    /// The kinds it runs, as registered.
+    pub kinds: Vec<String>,
 }
 
-impl From<&Config> for HeartbeatConfig {
-    fn from(c: &Config) -> Self {
+impl HeartbeatConfig {
+    /// The heartbeat of a replica configured by `c` that runs `kinds`.
+    pub fn new(c: &Config, kinds: &[&str]) -> Self {
         HeartbeatConfig {
             worker: c.worker_name.clone(),
             interval: c.heartbeat_interval,
             dead_after: c.worker_dead_after,
+            queues: c.queues.clone(),
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
         }
     }
 }
@@ -64,6 +71,8 @@ impl Heartbeat {
                 host: &host,
                 pid: std::process::id(),
                 version: crate::config::VERSION,
+                queues: &self.cfg.queues.join(","),
+                kinds: &self.cfg.kinds.join(","),
             },
         )?;
         self.liveness.beat(self.cfg.interval);

@@ -9,9 +9,13 @@
 //! - [`watcher`]: interrupts tasks whose run was cancelled or rescued
 //!   elsewhere;
 //! - [`pruner`]: deletes final rows older than `RETENTION`;
+//! - [`limits`]: keeps the queues' limits current, and each replica's share;
+//! - [`backlog`]: counts what waits in each queue, and what nobody serves;
 //! - [`summary`]: logs what the replica did, once a minute.
 
+pub mod backlog;
 pub mod heartbeat;
+pub mod limits;
 pub mod pruner;
 pub mod rescuer;
 pub mod summary;

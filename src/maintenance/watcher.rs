@@ -1,11 +1,13 @@
 //! The watcher: interrupts tasks whose run this replica no longer holds.
 //!
-//! Another replica's canceller may cancel a job that runs here, or the
-//! rescuer may take it while this replica was paused or cut off. Every
-//! [`WATCH_INTERVAL`], while tasks have been running here for a while, one
-//! query checks that their rows are still `STARTED!` under this run's
-//! lease; any that are not are interrupted, so their threads take the next
-//! job within about a second. An idle replica sends nothing.
+//! Another replica's canceller may cancel a job that runs here, the rescuer
+//! may take it while this replica was paused or cut off, or a client may
+//! request its cancel (`cancel_requested_at`). Every [`WATCH_INTERVAL`],
+//! while tasks have been running here for a while, one query checks their
+//! rows; a task whose row is no longer `STARTED!` under this run's lease is
+//! interrupted, and so is one whose cancel was requested (its consumer then
+//! writes it `CANCELLED!`, "cancelled on request"), so their threads take
+//! the next job within about a second. An idle replica sends nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,13 +45,19 @@ impl Watcher {
         }
         let lost = job_find_lost(&mut *self.db.conn()?, &runs)?;
         let mut interrupted = 0;
-        for run in lost {
+        for run in lost.gone {
             if self.registry.interrupt(run, Interrupt::Cancelled) {
                 log::info!(
                     "job {} is no longer STARTED! under this run (cancelled or rescued): \
                      interrupting its task",
                     run.id
                 );
+                interrupted += 1;
+            }
+        }
+        for run in lost.requested {
+            if self.registry.interrupt(run, Interrupt::Requested) {
+                log::info!("job {}: cancel requested; interrupting its task", run.id);
                 interrupted += 1;
             }
         }

@@ -57,7 +57,7 @@ impl CancellerPublisher {
         let dead = job_find_dead(&mut *self.db.conn()?, self.cfg.job_timeout, room)?;
         let sent = dead
             .into_iter()
-            .take_while(|job| self.tx.try_send(*job).is_ok())
+            .take_while(|job| self.tx.try_send(job.clone()).is_ok())
             .count();
         if sent > 0 {
             log::debug!("found {sent} jobs past JOB_TIMEOUT");

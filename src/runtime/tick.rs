@@ -24,6 +24,15 @@ pub enum Trigger {
     Wake,
 }
 
+/// What a pass asks of the loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// Run again as soon as the wake channel fires.
+    pub eager: bool,
+    /// Run again after this long (at most the interval), woken or not.
+    pub again_in: Option<Duration>,
+}
+
 /// One periodic loop: what it is called (for the log), how often it runs,
 /// when it stops, and what may wake it early.
 pub struct TickLoop<'a> {
@@ -46,36 +55,52 @@ impl TickLoop<'_> {
     /// Like [`TickLoop::run`]; a pass that returns `Ok(true)` asks to run
     /// again as soon as `wake` fires rather than at the next tick.
     pub fn run_waking(&self, wake: &Receiver<()>, mut pass: impl FnMut(Trigger) -> DbResult<bool>) {
+        self.run_paced(wake, |trigger| {
+            pass(trigger).map(|eager| Pace {
+                eager,
+                again_in: None,
+            })
+        });
+    }
+
+    /// Like [`TickLoop::run_waking`]; a pass may also ask to run again after
+    /// a delay shorter than the interval ([`Pace::again_in`]).
+    pub fn run_paced(&self, wake: &Receiver<()>, mut pass: impl FnMut(Trigger) -> DbResult<Pace>) {
         let ticker = tick(self.interval);
         let mut backoff = Backoff::new(
             Duration::from_millis(100).min(self.interval),
             Duration::from_secs(5).min(self.interval),
         );
         let mut retry_at: Option<Instant> = None;
+        let mut soon_at: Option<Instant> = None;
         let mut eager = false;
         let mut due = Some(Trigger::Tick);
         loop {
             if let Some(trigger) = due.take() {
                 match pass(trigger) {
-                    Ok(again) => {
+                    Ok(pace) => {
                         self.health.worked();
                         backoff.reset();
                         retry_at = None;
-                        eager = again;
+                        eager = pace.eager;
+                        soon_at = pace.again_in.map(|d| Instant::now() + d.min(self.interval));
                     }
                     Err(e) => {
                         self.health.failed(self.what, &e);
                         retry_at = Some(Instant::now() + backoff.next_delay());
+                        soon_at = None;
                     }
                 }
             }
             let retry = retry_at.map(crossbeam_channel::at).unwrap_or_else(never);
+            let soon = soon_at.map(crossbeam_channel::at).unwrap_or_else(never);
             let waiting = retry_at.is_none();
             select! {
                 recv(self.stop) -> _ => return,
                 recv(ticker) -> _ => if waiting { due = Some(Trigger::Tick) },
                 recv(wake) -> _ => if waiting && eager { due = Some(Trigger::Wake) },
                 recv(retry) -> _ => due = Some(Trigger::Tick),
+                recv(soon) -> _ => due = Some(Trigger::Wake),
             }
         }
     }

@@ -258,10 +258,55 @@ fn a_permanent_error_fails_at_once_despite_attempts_left() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn unknown_kind_and_panic_fail_with_the_reason_and_the_thread_carries_on() {
-    let db = TestDb::new("kind_unknown_panic");
+fn an_unknown_kind_stays_new_until_a_replica_runs_it() {
+    let db = TestDb::new("kind_unknown");
+    create_results(&db);
+    let unknown = insert(&db, "kind, payload", r#"'compute', '{"n": 2}'"#);
+    let known = insert(&db, "object_id, sleep", "1, 0");
+    let service = start(&db, &[], Tasks::with_sleep());
+    wait_status(&db, known, DONE, Duration::from_secs(10));
+    // The claim that took `known` saw `unknown`, inserted before it, and
+    // passed it by: it is neither claimed nor failed.
+    let u = db.job(unknown);
+    assert_eq!(u.status, None, "a kind no replica runs stays new: {u:?}");
+    assert_eq!(u.queued_at, None, "{u:?}");
+    assert_eq!(u.error, None, "{u:?}");
+    let owner: Option<String> = col(&db, unknown, "owner");
+    assert_eq!(owner, None, "nobody claimed it");
+    service.shutdown();
+
+    // A replica that runs the kind picks it up.
+    let service = start(&db, &[], compute_tasks());
+    wait_status(&db, unknown, DONE, Duration::from_secs(10));
+    service.shutdown();
+    let value: i64 = first(
+        &db,
+        &format!("SELECT value FROM results WHERE job_id = {unknown}"),
+    );
+    assert_eq!(value, 12);
+    assert_eq!(col::<u32>(&db, unknown, "attempts"), 1);
+}
+
+#[test]
+fn a_kind_the_claim_cannot_route_by_stops_start_up() {
+    let db = TestDb::new("kind_bad_name");
+    let mut tasks = Tasks::with_sleep();
+    tasks.register("mail'; DROP TABLE jobs; --", Order);
+    let err = match Service::start(config(&db, &[]), tasks) {
+        Ok(_) => panic!("started with a kind that is not a name"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("task kind") && err.contains("DROP TABLE"),
+        "{err}"
+    );
+    assert_eq!(db.count("1"), 0, "the jobs table is there and untouched");
+}
+
+#[test]
+fn a_panic_fails_with_the_reason_and_the_thread_carries_on() {
+    let db = TestDb::new("kind_panic");
     db.exec("CREATE TABLE threads (job_id BIGINT UNSIGNED PRIMARY KEY, thread VARCHAR(64))");
-    let unknown = insert(&db, "object_id, sleep, kind", "1, 0, 'no_such_kind'");
     let panics = insert(&db, "object_id, kind", "2, 'panics'");
     let next = insert(&db, "object_id, kind", "3, 'notes'");
     let mut tasks = Tasks::with_sleep();
@@ -270,16 +315,6 @@ fn unknown_kind_and_panic_fail_with_the_reason_and_the_thread_carries_on() {
     let service = start(&db, &[("JOB_CONSUMERS", "1")], tasks);
     wait_status(&db, next, DONE, Duration::from_secs(10));
     service.shutdown();
-
-    let u = db.job(unknown);
-    assert_eq!(u.status(), FAILED, "{}", db.dump());
-    assert!(
-        u.error.as_deref().unwrap_or("").contains("no_such_kind"),
-        "the error names the kind: {u:?}"
-    );
-    assert_eq!(u.started_at, None, "an unknown kind never starts: {u:?}");
-    assert!(u.finished_at.is_some(), "{u:?}");
-    assert_eq!(col::<u32>(&db, unknown, "attempts"), 0);
 
     let p = db.job(panics);
     assert_eq!(p.status(), FAILED, "{}", db.dump());

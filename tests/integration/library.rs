@@ -9,7 +9,9 @@ use background_processing::cancel::Registry;
 use background_processing::config::Config;
 use background_processing::consumer::canceller::Canceller;
 use background_processing::db::Db;
-use background_processing::db::claim::{CLAIMABLE_SQL, claim_scheduled_sql, claim_select_sql};
+use background_processing::db::claim::{
+    Source, claim_scheduled_sql, claim_select_sql, claimable_sql,
+};
 use background_processing::db::jobs::{
     Dead, Locks, dead_select_sql, find_lost_sql, job_finish, job_start, job_start_many, prune_sql,
     start_many_skip_locked_sql, start_many_sql,
@@ -20,11 +22,11 @@ use background_processing::db::owners::{
     job_release_queued, rescue_queued_sql,
 };
 use background_processing::job::{Job, Run};
-use background_processing::maintenance::heartbeat::Heartbeat;
+use background_processing::maintenance::heartbeat::{Heartbeat, HeartbeatConfig};
 use background_processing::maintenance::rescuer::Rescuer;
 use background_processing::maintenance::watcher::Watcher;
 use background_processing::publisher::canceller::CancellerPublisher;
-use background_processing::publisher::jobs::JobsPublisher;
+use background_processing::publisher::jobs::{JobsPublisher, JobsPublisherConfig};
 use background_processing::runtime::liveness::Liveness;
 use background_processing::service::Service;
 use background_processing::task::Tasks;
@@ -70,7 +72,17 @@ fn shared(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Arc<Parts> {
 }
 
 fn publisher(p: &Parts, tx: crossbeam_channel::Sender<Job>) -> JobsPublisher {
-    JobsPublisher::new((&p.config).into(), p.db.clone(), tx)
+    JobsPublisher::new(
+        JobsPublisherConfig::new(&p.config, &["sleep"]),
+        p.db.clone(),
+        Arc::default(),
+        tx,
+    )
+}
+
+/// What the binary claims from: the default queue, the sleep kind.
+fn sleep_jobs(limit: usize) -> Vec<Source> {
+    vec![Source::new("default", "sleep", limit)]
 }
 
 fn insert_rows(db: &TestDb, n: usize, columns: &str, values: &str) {
@@ -214,20 +226,27 @@ fn every_claim_and_scan_query_uses_an_index_range() {
     let runs = [Run { id: 1, lease: 1 }, Run { id: 5, lease: 1 }];
     let owner = || params! { "owner" => "w1" };
     let queries: Vec<(&str, String, mysql::Params)> = vec![
-        ("claim", claim_select_sql(100, None), mysql::Params::Empty),
+        (
+            "claim",
+            claim_select_sql(&sleep_jobs(100)),
+            mysql::Params::Empty,
+        ),
         (
             "claim continued",
-            claim_select_sql(100, Some((0, 2500))),
+            claim_select_sql(&[Source {
+                after: Some((0, 2500)),
+                ..Source::new("default", "sleep", 100)
+            }]),
             mysql::Params::Empty,
         ),
         (
             "claimable probe",
-            CLAIMABLE_SQL.into(),
+            claimable_sql(&sleep_jobs(1)),
             mysql::Params::Empty,
         ),
         (
             "claim scheduled",
-            claim_scheduled_sql(100),
+            claim_scheduled_sql(&sleep_jobs(100)),
             mysql::Params::Empty,
         ),
         (
@@ -312,6 +331,104 @@ fn every_claim_and_scan_query_uses_an_index_range() {
     }
 }
 
+/// `(table, type, key, rows, Extra)` of each line of the plan of `sql`.
+fn plan_rows(db: &TestDb, sql: &str) -> Vec<(String, String, String, u64, String)> {
+    let rows: Vec<Row> = db.conn().query(format!("EXPLAIN {sql}")).unwrap();
+    rows.into_iter()
+        .map(|mut r| {
+            let text = |r: &mut Row, c: &str| -> String {
+                r.take_opt::<Option<String>, _>(c)
+                    .and_then(Result::ok)
+                    .flatten()
+                    .unwrap_or_default()
+            };
+            let rows = r
+                .take_opt::<Option<u64>, _>("rows")
+                .and_then(Result::ok)
+                .flatten()
+                .unwrap_or(0);
+            (
+                text(&mut r, "table"),
+                text(&mut r, "type"),
+                text(&mut r, "key"),
+                rows,
+                text(&mut r, "Extra"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn claims_read_only_their_own_queue_and_kind_beside_a_million_rows_of_others() {
+    let db = TestDb::new("explain_routed");
+    // A million new rows of another queue (paused), a million of another
+    // kind in this queue, and the few this replica would claim.
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, queue) SELECT seq, 0, 'bulk' FROM seq_1_to_1000000",
+    );
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, kind) SELECT seq, 0, 'render' FROM seq_1_to_1000000",
+    );
+    db.exec("INSERT INTO jobs (object_id, sleep) SELECT seq, 0 FROM seq_1_to_500");
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, queue, kind, run_at) \
+         SELECT seq, 0, 'mail', 'tally', NOW(6) - INTERVAL seq SECOND FROM seq_1_to_500",
+    );
+    db.exec("INSERT INTO queues (name, paused) VALUES ('bulk', 1)");
+    db.exec("ANALYZE TABLE jobs");
+    let mine = [
+        Source::new("default", "sleep", 100),
+        Source::new("default", "tally", 100),
+        Source::new("mail", "sleep", 100),
+        Source::new("mail", "tally", 100),
+    ];
+    let continued = [Source {
+        after: Some((0, 250)),
+        ..Source::new("default", "sleep", 100)
+    }];
+    let paused = [Source::new("bulk", "sleep", 100)];
+    let shapes: Vec<(&str, String)> = vec![
+        ("claim", claim_select_sql(&mine)),
+        ("claim continued", claim_select_sql(&continued)),
+        ("claim scheduled", claim_scheduled_sql(&mine)),
+        ("claimable probe", claimable_sql(&mine)),
+        ("claim of a paused queue", claim_select_sql(&paused)),
+        ("claimable probe of a paused queue", claimable_sql(&paused)),
+    ];
+    for (what, sql) in shapes {
+        let plan = plan_rows(&db, &sql);
+        assert!(
+            what.contains("paused") || plan.iter().any(|p| p.0 == "jobs"),
+            "{what}: no plan reading jobs: {plan:?}"
+        );
+        for (table, kind, key, rows, extra) in &plan {
+            if table != "jobs" {
+                // The UNION's result, the queues lookup, or a paused
+                // queue's part, which the optimizer drops ("Impossible
+                // WHERE"): no row of jobs is read.
+                continue;
+            }
+            assert_ne!(kind, "ALL", "{what}: full table scan\n{sql}\n{plan:?}");
+            assert!(
+                !extra.contains("filesort"),
+                "{what}: filesort\n{sql}\n{plan:?}"
+            );
+            assert_eq!(key, "jobs_new_routed", "{what}\n{sql}\n{plan:?}");
+            assert!(
+                *rows <= 10_000,
+                "{what}: estimated {rows} rows read, the other queue's and kind's among them\n\
+                 {sql}\n{plan:?}"
+            );
+        }
+    }
+    // The paused queue's rows are not read at all.
+    let plan = plan_rows(&db, &claim_select_sql(&paused));
+    assert!(
+        plan.iter().all(|p| p.0 != "jobs") && plan.iter().any(|p| p.4.contains("Impossible WHERE")),
+        "a paused queue's claim reads nothing: {plan:?}"
+    );
+}
+
 /// A publisher claims exactly one job, the one new row (sleep 1000).
 fn claims_the_one_new_job(db: &TestDb) {
     let (tx, rx) = bounded(10);
@@ -351,10 +468,13 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
             "is_new",
             "is_running",
             "held_by",
-            "final_at"
+            "final_at",
+            "queue",
+            "cancel_requested_at",
+            "cancel_pending",
         ]
     );
-    assert_eq!(report.added_indexes.len(), 4);
+    assert_eq!(report.added_indexes.len(), 5);
     let again = migrate(db.url(), false).expect("migrate twice");
     assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
     // The old rows are intact and the new one is claimable.
@@ -365,20 +485,25 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
 #[test]
 fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     let db = TestDb::new("upgrade_indexes");
-    // The previous version's indexes, all beginning with status.
+    // The indexes of earlier versions: those beginning with status, and
+    // jobs_new, which did not route by queue and kind.
     db.exec(
-        "ALTER TABLE jobs DROP INDEX jobs_new, DROP INDEX jobs_running, DROP INDEX jobs_held_by, \
+        "ALTER TABLE jobs DROP INDEX jobs_running, DROP INDEX jobs_held_by, \
          DROP INDEX jobs_final_at, ADD INDEX jobs_claim_due (status, run_at, priority DESC, id), \
          ADD INDEX jobs_deadline (status, deadline_at, started_at), \
          ADD INDEX jobs_status_owner (status, owner), \
-         ADD INDEX jobs_status_finished_at (status, finished_at)",
+         ADD INDEX jobs_status_finished_at (status, finished_at), \
+         ADD INDEX jobs_new (is_new, run_at, priority DESC, id)",
     );
     let previous = [
         "jobs_claim_due",
         "jobs_deadline",
         "jobs_status_owner",
         "jobs_status_finished_at",
+        "jobs_new",
     ];
+    // (jobs_new_routed and jobs_cancel stay, as if the previous version's
+    // table had them too: the test reads the drops, not the adds, of them.)
     db.exec("INSERT INTO jobs (object_id, sleep) VALUES (10, 1000)");
     let indexes = || -> u64 {
         db.scalar(
@@ -392,11 +517,11 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     let report = migrate(db.url(), false).expect("migrate");
     assert_eq!(
         report.added_indexes,
-        ["jobs_new", "jobs_running", "jobs_held_by", "jobs_final_at"]
+        ["jobs_running", "jobs_held_by", "jobs_final_at"]
     );
     assert!(report.dropped_indexes.is_empty());
     assert_eq!(report.kept_replaced, previous);
-    assert_eq!(indexes(), 8);
+    assert_eq!(indexes(), 10);
     claims_the_one_new_job(&db);
 
     // Once every replica runs this version.
@@ -404,19 +529,19 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     assert!(report.added_indexes.is_empty());
     assert_eq!(report.dropped_indexes, previous);
     assert!(report.kept_replaced.is_empty());
-    assert_eq!(indexes(), 4, "only the four current indexes remain");
+    assert_eq!(indexes(), 5, "only the five current indexes remain");
 }
 
 #[test]
 fn the_service_refuses_to_start_without_the_index_its_claim_names() {
     let db = TestDb::new("missing_index");
-    db.exec("ALTER TABLE jobs DROP INDEX jobs_new");
+    db.exec("ALTER TABLE jobs DROP INDEX jobs_new_routed");
     let err = match Service::start(config(&db, "w", &[]), Tasks::with_sleep()) {
-        Ok(_) => panic!("started without jobs_new"),
+        Ok(_) => panic!("started without jobs_new_routed"),
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("index jobs.jobs_new is missing") && err.contains("migrate"),
+        err.contains("index jobs.jobs_new_routed is missing") && err.contains("migrate"),
         "{err}"
     );
 }
@@ -442,7 +567,8 @@ fn the_canceller_cancels_a_dead_job_once() {
         dead,
         Dead {
             run: Run { id: 1, lease: 3 },
-            timeout_ms: None
+            timeout_ms: None,
+            requested: None,
         }
     );
     let (_keep, stop) = bounded::<()>(0);
@@ -452,7 +578,7 @@ fn the_canceller_cancels_a_dead_job_once() {
         Arc::clone(&shared.registry),
         Arc::clone(&shared.liveness),
     );
-    assert_eq!(canceller.cancel_one(dead, &stop), Some(true));
+    assert_eq!(canceller.cancel_one(dead.clone(), &stop), Some(true));
     assert_eq!(
         canceller.cancel_one(dead, &stop),
         Some(false),
@@ -529,7 +655,11 @@ fn the_rescuer_gives_back_the_jobs_of_dead_workers_only() {
     // It judges no one until its own heartbeat has landed steadily for
     // WORKER_DEAD_AFTER (1 s here).
     assert_eq!(rescuer.run_once().unwrap(), Default::default());
-    let heartbeat = Heartbeat::new((&me.config).into(), me.db.clone(), Arc::clone(&me.liveness));
+    let heartbeat = Heartbeat::new(
+        HeartbeatConfig::new(&me.config, &["sleep"]),
+        me.db.clone(),
+        Arc::clone(&me.liveness),
+    );
     heartbeat.register().unwrap();
     wait_until(Duration::from_secs(10), "a steady heartbeat", || {
         heartbeat.run_once().unwrap();
@@ -715,9 +845,9 @@ fn rows_scheduled_for_later_are_not_read_by_claims() {
         rows.iter().map(|(_, n)| n).sum()
     };
     for (what, sql) in [
-        ("claim", claim_select_sql(100, None)),
-        ("claim scheduled", claim_scheduled_sql(100)),
-        ("probe", CLAIMABLE_SQL.to_string()),
+        ("claim", claim_select_sql(&sleep_jobs(100))),
+        ("claim scheduled", claim_scheduled_sql(&sleep_jobs(100))),
+        ("probe", claimable_sql(&sleep_jobs(1))),
     ] {
         let before = reads(&mut conn);
         conn.query_drop("START TRANSACTION").unwrap();

@@ -13,4 +13,5 @@ mod manifests;
 mod mariadb;
 mod proxy;
 mod replicas;
+mod steering;
 mod testdb;

@@ -31,6 +31,22 @@ pub fn bin() -> String {
         .unwrap_or_else(|| BIN.to_string())
 }
 
+/// The `tally` example (`examples/tally.rs`): the service with a second
+/// task kind, built by `cargo test --all-targets` next to the binary.
+pub fn tally_bin() -> String {
+    let path = std::path::Path::new(BIN)
+        .parent()
+        .map(|dir| dir.join("examples").join("tally"))
+        .unwrap_or_default();
+    assert!(
+        path.is_file(),
+        "the tally example is missing at {}: build it with `cargo build --examples` \
+         (`cargo test --all-targets`, as scripts/test runs, builds it)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// Server used when `DATABASE_URL` is not set (only its server part is used).
 const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
 
@@ -626,13 +642,22 @@ impl Service {
     /// Spawns the binary with exactly `env` on top of the inherited
     /// environment minus every contract variable.
     pub fn spawn<K: AsRef<str>, V: AsRef<str>>(args: &[&str], env: &[(K, V)]) -> Service {
+        Service::spawn_program(&bin(), args, env)
+    }
+
+    /// Like [`Service::spawn`], for another program built on the library
+    /// (an example such as `tally`).
+    pub fn spawn_program<K: AsRef<str>, V: AsRef<str>>(
+        bin: &str,
+        args: &[&str],
+        env: &[(K, V)],
+    ) -> Service {
         let dir =
             std::env::temp_dir().join(format!("bp-tests-{}-{}", std::process::id(), next_seq()));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let stdout = File::create(dir.join("stdout")).unwrap();
         let stderr = File::create(dir.join("stderr")).unwrap();
-        let bin = bin();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
