@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Set by a client (or `background-processing cancel`) to cancel the job:
     -- a new or queued one never starts, a running one is interrupted.
     cancel_requested_at DATETIME(6) NULL,
+    -- While the job is not final, no other job that is not final has the
+    -- same key (INSERT fails with 1062; INSERT IGNORE enqueues if absent).
+    unique_key   VARCHAR(255)    NULL,
     -- Derived columns (computed on read, never stored) for the indexes
     -- below. Each is NULL except in the statuses where some query looks
     -- for the row, so a transition moves only the index entries whose value
@@ -62,12 +65,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- finished_at once the row is final (DONE!, CANCELLED!, FAILED!).
     final_at     DATETIME(6)     AS (IF(status IN ('DONE!', 'CANCELLED!', 'FAILED!'),
                                         finished_at, NULL)) VIRTUAL,
-    -- 1 while a cancel is requested (since its last run ended: a re-run
-    -- ignores its previous run's request) and the job is not final yet.
+    -- 1 while a cancel requested since the job's last run ended waits to be
+    -- carried out (or, on a final row, to be forgotten: a cancel of a final
+    -- job changes nothing, not even a later re-run).
     cancel_pending TINYINT       AS (IF(cancel_requested_at IS NOT NULL
                                         AND (finished_at IS NULL OR cancel_requested_at > finished_at)
-                                        AND (status IS NULL OR status IN ('QUEUED!', 'STARTED!')),
+                                        AND (status IS NULL OR status IN ('QUEUED!', 'STARTED!',
+                                             'DONE!', 'CANCELLED!', 'FAILED!')),
                                         1, NULL)) VIRTUAL,
+    -- unique_key while the job is not final: what jobs_unique keeps unique.
+    unique_live  VARCHAR(255)    AS (IF(status IN ('DONE!', 'CANCELLED!', 'FAILED!'),
+                                        NULL, unique_key)) VIRTUAL,
     PRIMARY KEY (id),
     -- Claims: new rows of one queue and kind, those due now (run_at NULL)
     -- by priority then age, and scheduled ones by when they fell due; rows
@@ -81,8 +89,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     KEY jobs_held_by (held_by),
     -- stats (recent throughput) and the pruner (old final rows).
     KEY jobs_final_at (final_at),
-    -- The canceller: jobs whose cancel was requested.
-    KEY jobs_cancel (cancel_pending)
+    -- The canceller: jobs whose cancel was requested, oldest request first.
+    KEY jobs_cancel (cancel_pending, cancel_requested_at),
+    -- Unique jobs: one job that is not final per key. Rows without a key
+    -- hold NULL here through every transition, so they never move in it.
+    UNIQUE KEY jobs_unique (unique_live)
 ) ENGINE = InnoDB;
 
 -- Live replicas. A worker whose heartbeat_at is older than WORKER_DEAD_AFTER
@@ -111,5 +122,30 @@ CREATE TABLE IF NOT EXISTS queues (
     rate_limit   DOUBLE          NULL,
     -- Jobs of it STARTED! at once across all replicas.
     max_running  INT UNSIGNED    NULL,
+    PRIMARY KEY (name)
+) ENGINE = InnoDB;
+
+-- Recurring jobs: each row enqueues one job per fire time of its cron
+-- expression (5 fields, or 6 with seconds first; UTC), across all replicas.
+CREATE TABLE IF NOT EXISTS schedules (
+    name         VARCHAR(255)    NOT NULL,
+    cron         VARCHAR(255)    NOT NULL,
+    -- What each fired job is: its kind, queue, payload, sleep and priority.
+    kind         VARCHAR(64)     NOT NULL DEFAULT 'sleep',
+    queue        VARCHAR(64)     NOT NULL DEFAULT 'default',
+    payload      JSON            NULL,
+    sleep        BIGINT          NULL,
+    priority     INT             NOT NULL DEFAULT 0,
+    -- 0: not fired (a bad expression sets it, with the reason in error).
+    enabled      TINYINT         NOT NULL DEFAULT 1,
+    -- The next fire time (in the server's time, like NOW()); NULL: computed
+    -- from cron at the next look. Set it to NOW(6) to fire at once.
+    next_run_at  DATETIME(6)     NULL,
+    -- The job the last fire enqueued.
+    last_job_id  BIGINT UNSIGNED NULL,
+    -- Why the row was disabled, or what its jobs wait for.
+    error        TEXT            NULL,
+    -- The expression next_run_at was computed from: an edited cron is seen.
+    cron_seen    VARCHAR(255)    NULL,
     PRIMARY KEY (name)
 ) ENGINE = InnoDB;

@@ -204,6 +204,15 @@ impl Registry {
         }
     }
 
+    /// Whether `run`'s task here was interrupted already (and has not
+    /// returned yet).
+    pub fn was_interrupted(&self, run: Run) -> bool {
+        matches!(
+            self.lock().get(&run.id),
+            Some(e) if e.lease == run.lease && matches!(e.state, State::Interrupted(_))
+        )
+    }
+
     /// Interrupts every running task; returns how many.
     pub fn interrupt_all(&self, why: Interrupt) -> usize {
         let mut map = self.lock();

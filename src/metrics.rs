@@ -34,6 +34,13 @@ pub enum Counter {
     Released,
     /// Writes refused because this replica no longer held the job.
     Lost,
+    /// Jobs enqueued by schedules.
+    SchedulesFired,
+    /// Fire times of schedules passed over after a downtime (one catch-up
+    /// fire stands for them).
+    SchedulesSkipped,
+    /// Schedules disabled for a bad row (expression, kind, queue, name).
+    SchedulesDisabled,
     /// Database calls that failed (each was retried or given up at shutdown).
     DbErrors,
     /// Times the database became unreachable.
@@ -125,6 +132,27 @@ pub const COUNTERS: &[CounterInfo] = &[
         help: "Writes refused because this replica no longer held the job",
         minute: None,
         total: Some("lost"),
+    },
+    CounterInfo {
+        counter: Counter::SchedulesFired,
+        name: "schedules_fired",
+        help: "Jobs this replica enqueued for schedules (one per fire time, across replicas)",
+        minute: None,
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::SchedulesSkipped,
+        name: "schedules_skipped",
+        help: "Fire times passed over after a downtime (one catch-up fire stood for them)",
+        minute: None,
+        total: None,
+    },
+    CounterInfo {
+        counter: Counter::SchedulesDisabled,
+        name: "schedules_disabled",
+        help: "Schedules this replica disabled for a bad row (the reason is in its error)",
+        minute: None,
+        total: None,
     },
     CounterInfo {
         counter: Counter::DbErrors,

@@ -81,10 +81,13 @@ impl Share {
         self.tokens -= n as f64;
     }
 
-    /// How long until the next token.
+    /// How long until the next token (an hour for a share of nothing).
     fn wait(&self) -> Duration {
-        if self.rate <= 0.0 || self.tokens >= 1.0 {
+        if self.tokens >= 1.0 {
             return Duration::ZERO;
+        }
+        if self.rate <= 0.0 {
+            return Duration::from_secs(3600);
         }
         Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).min(3600.0))
     }

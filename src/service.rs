@@ -34,7 +34,7 @@ use thiserror::Error;
 
 use crate::bucket::Bucket;
 use crate::cancel::{Interrupt, Registry};
-use crate::config::{Config, is_name};
+use crate::config::{Config, MAX_NAME_LIST, is_name};
 use crate::consumer::canceller::Canceller;
 use crate::consumer::finisher::Finisher;
 use crate::consumer::jobs::{Channels, Consumer, Shared};
@@ -51,6 +51,7 @@ use crate::maintenance::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::maintenance::limits::LimitsLoop;
 use crate::maintenance::pruner::{Pruner, PrunerConfig};
 use crate::maintenance::rescuer::Rescuer;
+use crate::maintenance::scheduler::Scheduler;
 use crate::maintenance::summary::{Readings, Summary};
 use crate::maintenance::watcher::Watcher;
 use crate::metrics::{Counter, Metrics};
@@ -102,6 +103,12 @@ pub enum StartError {
         "task kind {0:?} cannot be claimed: a kind is at most 64 letters, digits and . _ - : @"
     )]
     Kind(String),
+    /// The registered kinds' names are too long to register together.
+    #[error(
+        "the task kinds' names, comma-separated, are longer than {MAX_NAME_LIST} characters \
+         (workers.kinds): register fewer or shorter kinds"
+    )]
+    Kinds,
 }
 
 /// What a shutdown did.
@@ -225,6 +232,9 @@ impl Service {
     pub fn start(config: Config, tasks: Tasks) -> Result<Service, StartError> {
         if let Some(bad) = tasks.kinds().into_iter().find(|k| !is_name(k)) {
             return Err(StartError::Kind(bad.to_string()));
+        }
+        if tasks.kinds().join(",").len() > MAX_NAME_LIST {
+            return Err(StartError::Kinds);
         }
         let url = config.redacted_url();
         let db_err = |cause| StartError::Database {
@@ -565,12 +575,14 @@ fn spawn_maintenance(
         parts.db.clone(),
         Arc::clone(&parts.queues),
     );
+    let scheduler = Scheduler::new(cfg.as_ref().into(), parts.db.clone());
     let mut handles = vec![
         spawn("watcher", Box::new(move |stop| watcher.run(stop))),
         spawn("heartbeat", Box::new(move |stop| heartbeat.run(stop))),
         spawn("rescuer", Box::new(move |stop| rescuer.run(stop))),
         spawn("limits", Box::new(move |stop| limits.run(stop))),
         spawn("backlog", Box::new(move |stop| backlog.run(stop))),
+        spawn("scheduler", Box::new(move |stop| scheduler.run(stop))),
     ];
     if let Some(pruner_cfg) = PrunerConfig::from_config(cfg) {
         let pruner = Pruner::new(pruner_cfg, parts.db.clone());

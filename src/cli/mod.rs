@@ -7,6 +7,7 @@
 mod demo;
 mod migrate;
 mod run;
+mod schedules;
 mod stats;
 mod steer;
 
@@ -31,6 +32,7 @@ enum Command {
     Demo,
     Stats,
     Queues,
+    Schedules,
     /// An operator's statement (`--sql`: print it instead of running it).
     Steer {
         action: Action,
@@ -54,6 +56,8 @@ fn usage() -> String {
            stats    print counts by status, what waits (and what no replica serves),\n           \
                     the oldest waiting job and recent throughput\n  \
            queues   print each queue: waiting, scheduled, running, paused, limits\n  \
+           schedules\n           \
+                    print each schedule: next fire time, last job and its status\n  \
            cancel ID...\n           \
                     cancel jobs: new or queued ones never start, running ones are interrupted\n  \
            retry ID...\n           \
@@ -100,6 +104,7 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
         "demo" => alone(Command::Demo),
         "stats" => alone(Command::Stats),
         "queues" => alone(Command::Queues),
+        "schedules" => alone(Command::Schedules),
         "migrate" => match rest {
             [] => Ok(Some(Command::Migrate {
                 drop_replaced: false,
@@ -174,6 +179,7 @@ pub fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
         Command::Migrate { drop_replaced } => migrate::run(&config, drop_replaced).map(drop),
         Command::Stats => stats::run(&config),
         Command::Queues => steer::queues(&config),
+        Command::Schedules => schedules::run(&config),
         Command::Steer { action, print_sql } => steer::run(&config, &action, print_sql),
     };
     match result {
@@ -210,6 +216,7 @@ mod tests {
         assert_eq!(p(&["demo"]), Ok(Some(Command::Demo)));
         assert_eq!(p(&["stats"]), Ok(Some(Command::Stats)));
         assert_eq!(p(&["queues"]), Ok(Some(Command::Queues)));
+        assert_eq!(p(&["schedules"]), Ok(Some(Command::Schedules)));
         assert_eq!(
             p(&["cancel", "9", "--sql", "3", "9"]),
             Ok(Some(Command::Steer {

@@ -8,8 +8,8 @@ use anyhow::Context;
 use crate::config::{Config, is_name};
 use crate::db::Db;
 use crate::db::steer::{
-    FailedFilter, QueueRow, cancel_sql, job_statuses, pause_sql, queue_rows, resume_sql,
-    retry_failed_sql, retry_sql, steer,
+    FailedFilter, JobState, QueueRow, cancel_sql, job_failed_with_held_keys, job_holding_key,
+    job_statuses, pause_sql, queue_rows, resume_sql, retry_failed_sql, retry_sql, steer,
 };
 use crate::maintenance::backlog::read_backlog;
 use crate::queues::Backlog;
@@ -122,15 +122,33 @@ pub fn run(config: &Config, action: &Action, print_sql: bool) -> anyhow::Result<
             conn.query_drop("START TRANSACTION")?;
             let before = job_statuses(&mut conn, ids, true)?;
             let changed = steer(&mut conn, &sql).with_context(|| format!("running {sql}"))?;
+            let after = job_statuses(&mut conn, ids, false)?;
+            let mut held = Vec::new();
+            for (b, a) in before.iter().zip(&after) {
+                if let (true, Some(key)) = (b.status == a.status, &a.unique_key) {
+                    if let Some(holder) = job_holding_key(&mut conn, key)? {
+                        held.push((a.id, key.clone(), holder));
+                    }
+                }
+            }
             conn.query_drop("COMMIT")?;
-            report_jobs(action, ids, changed, &before);
+            report_jobs(action, ids, changed, &before, &held);
             return Ok(());
         }
         _ => steer(&mut conn, &sql).with_context(|| format!("running {sql}"))?,
     };
     match action {
         Action::Cancel(_) | Action::Retry(_) => {}
-        Action::RetryFailed(_) => println!("{changed} failed jobs are new again"),
+        Action::RetryFailed(filter) => {
+            println!("{changed} failed jobs are new again");
+            let held = job_failed_with_held_keys(&mut conn, filter)?;
+            if held > 0 {
+                println!(
+                    "{held} failed jobs stay FAILED!: another job that is not final holds \
+                     their unique_key"
+                );
+            }
+        }
         Action::Pause(q) => match changed {
             0 => println!("queue {q} was paused already: nothing changed"),
             _ => println!(
@@ -146,8 +164,15 @@ pub fn run(config: &Config, action: &Action, print_sql: bool) -> anyhow::Result<
 }
 
 /// What a cancel or a retry did to each job, from what the rows were
-/// before it.
-fn report_jobs(action: &Action, ids: &[u64], changed: u64, before: &[(u64, Option<String>)]) {
+/// before it; `held`: jobs a retry left as they were because another job
+/// holds their `unique_key` (job, key, holder).
+fn report_jobs(
+    action: &Action,
+    ids: &[u64],
+    changed: u64,
+    before: &[JobState],
+    held: &[(u64, String, u64)],
+) {
     let (done, applies) = match action {
         Action::Cancel(_) => (
             "cancel requested",
@@ -160,10 +185,17 @@ fn report_jobs(action: &Action, ids: &[u64], changed: u64, before: &[(u64, Optio
     };
     println!("{changed} of {} jobs changed", ids.len());
     for id in ids {
-        match before.iter().find(|(i, _)| i == id) {
+        match before.iter().find(|j| j.id == *id) {
             None => println!("  job {id}: no such job"),
-            Some((_, status)) => {
-                let status = status.as_deref().unwrap_or("new");
+            Some(job) => {
+                let status = job.status.as_deref().unwrap_or("new");
+                if let Some((_, key, holder)) = held.iter().find(|(j, _, _)| j == id) {
+                    println!(
+                        "  job {id}: {status}, nothing changed (job {holder}, not final, \
+                         holds its unique_key {key:?})"
+                    );
+                    continue;
+                }
                 let hit = match action {
                     Action::Cancel(_) => ["new", "QUEUED!", "STARTED!"].contains(&status),
                     _ => ["FAILED!", "CANCELLED!", "DONE!"].contains(&status),

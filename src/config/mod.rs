@@ -24,8 +24,8 @@ use thiserror::Error;
 
 pub use settings::Config;
 pub use values::{
-    MAX_DURATION, default_pool_size, host_name, is_name, is_worker_name, min_pool_size, redact_url,
-    show_duration,
+    MAX_DURATION, MAX_NAME_LIST, default_pool_size, host_name, is_name, is_worker_name,
+    min_pool_size, redact_url, show_duration,
 };
 pub use vars::{DEFAULT_DATABASE_URL, DEFAULT_METRICS_ADDR, VARS, Var};
 
@@ -141,6 +141,7 @@ impl Config {
             retry_backoff: Duration::ZERO,
             retention: None,
             prune_interval: Duration::ZERO,
+            scheduler_interval: Duration::ZERO,
             metrics_addr: None,
         }
     }
@@ -222,7 +223,13 @@ mod tests {
             ("METRICS_ADDR", "localhost:9090"),
             ("METRICS_ADDR", "0.0.0.0"),
             ("METRICS_ADDR", "0.0.0.0:99999"),
+            ("QUEUES", "mail,"),
+            ("QUEUES", "a b"),
+            ("SCHEDULER_INTERVAL", "0s"),
         ];
+        let many_queues: Vec<String> = (0..20).map(|i| format!("{i:0>64}")).collect();
+        let many_queues = many_queues.join(",");
+        let cases = cases.into_iter().chain([("QUEUES", many_queues.as_str())]);
         for (var, value) in cases {
             let err = config(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var);

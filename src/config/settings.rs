@@ -52,6 +52,9 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// How often the pruner runs.
     pub prune_interval: Duration,
+    /// How often the scheduler looks for new or edited schedules (it wakes
+    /// for each fire time it knows of, too).
+    pub scheduler_interval: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` answer; `None` (the
     /// variable set but empty) serves nothing.
     pub metrics_addr: Option<SocketAddr>,

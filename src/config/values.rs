@@ -74,6 +74,10 @@ pub fn is_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.chars().all(is_name_char)
 }
 
+/// The longest list of queues or kinds, comma-separated, a replica can
+/// register (`workers.queues` and `workers.kinds`).
+pub const MAX_NAME_LIST: usize = 1024;
+
 /// `QUEUES`: comma-separated queue names, each once.
 pub(super) fn queue_list(value: &str) -> Result<Vec<String>, String> {
     let expected = "a comma-separated list of queue names (each at most 64 letters, digits and . _ - : @), like default or default,mail";
@@ -85,6 +89,11 @@ pub(super) fn queue_list(value: &str) -> Result<Vec<String>, String> {
         if !queues.iter().any(|q| q == name) {
             queues.push(name.to_string());
         }
+    }
+    if queues.join(",").len() > MAX_NAME_LIST {
+        return Err(format!(
+            "at most {MAX_NAME_LIST} characters of queue names, comma-separated"
+        ));
     }
     Ok(queues)
 }

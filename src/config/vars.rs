@@ -265,6 +265,14 @@ pub const VARS: &[Var] = &[
         show: |c| d(c.prune_interval),
     },
     Var {
+        name: "SCHEDULER_INTERVAL",
+        default: "10s",
+        help: "how often new or edited schedules are looked for (each fire time wakes it too)",
+        read: Read::Plain,
+        set: |c, v| put(&mut c.scheduler_interval, duration(v)),
+        show: |c| d(c.scheduler_interval),
+    },
+    Var {
         name: "METRICS_ADDR",
         default: DEFAULT_METRICS_ADDR,
         help: "where /healthz, /readyz and /metrics answer over HTTP; empty disables",

@@ -17,7 +17,7 @@ use super::finisher::{Finish, Outcome, Scope, write_one};
 use super::outcome::CANCELLED_ON_REQUEST;
 use crate::cancel::{Interrupt, Presence, Registry};
 use crate::config::Config;
-use crate::db::jobs::Dead;
+use crate::db::jobs::{Dead, job_forget_late_cancel};
 use crate::db::{Db, HeldConn};
 use crate::job::{Run, status};
 use crate::metrics::Counter;
@@ -139,6 +139,23 @@ impl Canceller {
     ) -> Option<bool> {
         let reason = CANCELLED_ON_REQUEST.to_string();
         let outcome = match status {
+            Some(status::DONE | status::CANCELLED | status::FAILED) => {
+                // Requested once the job was final: it changes nothing, and
+                // is forgotten so a later re-run is not cancelled by it.
+                let mut held = HeldConn::new(self.db.clone());
+                return match held.run(|c| job_forget_late_cancel(c, dead.run.id)) {
+                    Ok(forgot) => Some(forgot),
+                    Err(e) => {
+                        log::warn!("job {}: forgetting a late cancel: {e}", dead.run.id);
+                        None
+                    }
+                };
+            }
+            Some(status::STARTED) if self.registry.was_interrupted(dead.run) => {
+                // Interrupted already: its consumer writes the row when the
+                // task returns (or its deadline does).
+                return Some(false);
+            }
             Some(status::STARTED) => {
                 match self.registry.check_out(dead.run, Interrupt::Requested) {
                     Presence::Running => {

@@ -395,11 +395,13 @@ impl Starter {
             let runs: Vec<Run> = of_queue.iter().map(|r| r.run).collect();
             let timeout = self.cfg.job_timeout;
             let db = self.held.db().clone();
+            let mut tries = 0;
             let started = Retry::write("starting jobs of a queue with max_running", db.health())
                 .until_stopped(stop)
                 .run(|| {
+                    tries += 1;
                     self.held
-                        .run(|c| job_start_limited(c, &queue, &runs, timeout))
+                        .run(|c| job_start_limited(c, &queue, &runs, timeout, tries > 1))
                 });
             match started {
                 Ok(s) => yes.extend(self.answer(of_queue, &s.state, &s.over_limit)),

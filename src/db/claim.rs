@@ -65,7 +65,7 @@ impl Source {
     /// New rows due now (`run_at` NULL), highest priority first, then
     /// oldest, skipping rows another replica is claiming right now; rows
     /// scheduled for later are never read.
-    fn due_now_sql(&self) -> String {
+    fn due_now_sql(&self, i: usize) -> String {
         // Continuing after the last claim's (priority, id) skips the index
         // entries of rows claimed moments ago, which purge has not removed
         // yet: without it every claim rereads them, and gets slower as work
@@ -77,7 +77,7 @@ impl Source {
             None => String::new(),
         };
         format!(
-            "(SELECT {CLAIM_COLUMNS} FROM jobs FORCE INDEX (jobs_new_routed) \
+            "(SELECT {CLAIM_COLUMNS}, {i} AS source FROM jobs FORCE INDEX (jobs_new_routed) \
              WHERE {} AND run_at IS NULL{after} \
              ORDER BY priority DESC, id LIMIT {} FOR UPDATE SKIP LOCKED)",
             self.conditions(),
@@ -87,9 +87,9 @@ impl Source {
 
     /// Scheduled rows (and retries) that have fallen due, in the order they
     /// fell due: a range of the same index that ends at now.
-    fn scheduled_sql(&self) -> String {
+    fn scheduled_sql(&self, i: usize) -> String {
         format!(
-            "(SELECT {CLAIM_COLUMNS} FROM jobs FORCE INDEX (jobs_new_routed) \
+            "(SELECT {CLAIM_COLUMNS}, {i} AS source FROM jobs FORCE INDEX (jobs_new_routed) \
              WHERE {} AND run_at <= NOW(6) \
              ORDER BY run_at, priority DESC, id LIMIT {} FOR UPDATE SKIP LOCKED)",
             self.conditions(),
@@ -101,12 +101,12 @@ impl Source {
 /// The claim's first query: each source's rows due now (see
 /// [`Source::due_now_sql`]), one `UNION ALL`.
 pub fn claim_select_sql(sources: &[Source]) -> String {
-    union(sources.iter().map(Source::due_now_sql))
+    union(sources.iter().enumerate().map(|(i, s)| s.due_now_sql(i)))
 }
 
 /// The claim's second query: each source's scheduled rows that fell due.
 pub fn claim_scheduled_sql(sources: &[Source]) -> String {
-    union(sources.iter().map(Source::scheduled_sql))
+    union(sources.iter().enumerate().map(|(i, s)| s.scheduled_sql(i)))
 }
 
 fn union(parts: impl Iterator<Item = String>) -> String {
@@ -246,20 +246,14 @@ fn claim_in_transaction(conn: &mut Connection, claim: &Claim) -> DbResult<Vec<Jo
             .collect();
         raw.extend(conn.query_rows(claim_scheduled_sql(&unscheduled), Ok)?);
     }
-    let mut jobs = read_claimed(conn, raw)?;
-    if jobs.is_empty() {
-        return Ok(jobs);
-    }
+    let mut jobs = read_claimed(conn, raw, &sources)?;
     // The queries' candidates, in claim order, each queue's at most its
     // sources' limit (the queue's cap, shared by its kinds). The ones left
     // over stay new (their locks go at commit).
     jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     let mut taken: Vec<(&str, usize)> = Vec::new();
     jobs.retain(|j| {
-        let Some(source) = sources
-            .iter()
-            .find(|s| s.queue == j.queue && s.kind == j.kind)
-        else {
+        let Some(source) = sources.iter().find(|s| s.queue == j.queue) else {
             return false;
         };
         let i = match taken.iter().position(|(q, _)| *q == j.queue) {
@@ -277,6 +271,9 @@ fn claim_in_transaction(conn: &mut Connection, claim: &Claim) -> DbResult<Vec<Jo
         }
     });
     jobs.truncate(claim.limit);
+    if jobs.is_empty() {
+        return Ok(jobs);
+    }
     conn.query_drop(format!(
         "UPDATE jobs SET status = 'QUEUED!', queued_at = NOW(6), owner = '{}', \
          lease = {NEXT_LEASE_SQL} WHERE id IN ({}) AND status IS NULL",
@@ -289,17 +286,32 @@ fn claim_in_transaction(conn: &mut Connection, claim: &Claim) -> DbResult<Vec<Jo
     Ok(jobs)
 }
 
-/// The claimed rows as jobs. A row whose columns cannot be read as the
-/// service's types (a legacy table's unsigned `object_id` past `i64`, say)
-/// fails, in the same transaction, instead of stopping the claims.
-fn read_claimed(conn: &mut Connection, raw: Vec<Row>) -> DbResult<Vec<Job>> {
+/// The claimed rows as jobs, each with the queue and kind names of the
+/// source that found it (the column's collation may have matched `Mail`
+/// to `mail`: the job then runs as the registered kind, from the queue this
+/// replica serves). A row whose columns cannot be read as the service's
+/// types (a legacy table's unsigned `object_id` past `i64`, say) fails, in
+/// the same transaction, instead of stopping the claims.
+fn read_claimed(conn: &mut Connection, raw: Vec<Row>, sources: &[Source]) -> DbResult<Vec<Job>> {
     let mut jobs = Vec::with_capacity(raw.len());
     let mut unreadable: Vec<u64> = Vec::new();
     for mut row in raw {
         let id: Option<u64> = row.get_opt::<u64, _>("id").and_then(Result::ok);
-        match claimed_job(&mut row) {
-            Ok(job) => jobs.push(job),
-            Err(_) => unreadable.extend(id),
+        let source = col::<usize>(&mut row, "source")
+            .ok()
+            .and_then(|i| sources.get(i));
+        if id.is_some_and(|id| jobs.iter().any(|j: &Job| j.id == id)) {
+            // Found by two sources (kinds registered as `mail` and `Mail`,
+            // equal in the column's collation): claimed once.
+            continue;
+        }
+        match (claimed_job(&mut row), source) {
+            (Ok(mut job), Some(source)) => {
+                job.queue.clone_from(&source.queue);
+                job.kind.clone_from(&source.kind);
+                jobs.push(job);
+            }
+            _ => unreadable.extend(id),
         }
     }
     if !unreadable.is_empty() {

@@ -45,7 +45,7 @@ pub struct Dead {
 /// `started_at`, once `timeout` has passed since they were queued (or
 /// created). All three parts use the `(is_running, deadline_at,
 /// started_at)` index.
-pub fn dead_select_sql(timeout: Duration, limit: usize) -> String {
+pub fn dead_select_sql(timeout: Duration, limit: usize, worker: &str) -> String {
     let ago = format!("NOW(6) - INTERVAL {} MICROSECOND", timeout.as_micros());
     let cols = "id, lease, timeout, status, 0 AS requested";
     format!(
@@ -59,21 +59,29 @@ pub fn dead_select_sql(timeout: Duration, limit: usize) -> String {
          AND started_at IS NULL AND COALESCE(queued_at, created_at) < {ago} LIMIT {limit}) \
          UNION ALL \
          (SELECT id, lease, timeout, status, 1 AS requested FROM jobs \
-         WHERE cancel_pending = 1 LIMIT {limit})"
+         WHERE cancel_pending = 1 AND NOT (status <=> 'STARTED!' AND NOT (owner <=> '{worker}')) \
+         ORDER BY cancel_requested_at LIMIT {limit})"
     )
 }
 
 /// Up to `limit` jobs still `STARTED!` more than `timeout` after they
-/// started, and up to `limit` whose cancel was requested.
+/// started, and up to `limit` whose cancel was requested (oldest request
+/// first; running ones only of `worker`, a validated worker name: another
+/// live replica's are its own watcher's to interrupt, a dead one's the
+/// rescuer's).
 pub fn job_find_dead(
     conn: &mut Connection,
     timeout: Duration,
     limit: usize,
+    worker: &str,
 ) -> DbResult<Vec<Dead>> {
     if limit == 0 {
         return Ok(Vec::new());
     }
-    conn.query_rows(dead_select_sql(timeout, limit), |mut row| {
+    if !crate::config::is_worker_name(worker) {
+        return Err(DbError::Schema(format!("invalid worker name {worker:?}")));
+    }
+    conn.query_rows(dead_select_sql(timeout, limit, worker), |mut row| {
         let status: Option<String> = col(&mut row, "status")?;
         Ok(Dead {
             run: run_of(&mut row)?,
@@ -357,6 +365,17 @@ pub fn job_cancel(
     Ok(conn.affected_rows() == 1)
 }
 
+/// Forgets a cancel requested after the job became final (it changes
+/// nothing: not even a later re-run). Returns whether it did.
+pub fn job_forget_late_cancel(conn: &mut Connection, id: u64) -> DbResult<bool> {
+    conn.exec_drop(
+        "UPDATE jobs SET cancel_requested_at = NULL WHERE id = :id \
+         AND status IN ('DONE!', 'CANCELLED!', 'FAILED!') AND cancel_requested_at > finished_at",
+        params! { id },
+    )?;
+    Ok(conn.affected_rows() == 1)
+}
+
 /// Cancels a job that never started (new or `QUEUED!`, under the lease the
 /// canceller saw) and whose cancel was requested: `CANCELLED!`, "cancelled
 /// on request". Any replica may: nothing runs it.
@@ -415,7 +434,11 @@ pub fn job_runs_state(
             continue;
         };
         match status.as_deref() {
-            s if s == Some(expected) && *requested => state.cancel_requested.push(*run),
+            // Only a start is not to be written under a cancel request: an
+            // outcome of a run is (its task ran).
+            s if s == Some(expected) && *requested && expected == status::QUEUED => {
+                state.cancel_requested.push(*run)
+            }
             s if s == Some(expected) => state.waiting.push(*run),
             s if s == target => state.written.push(*run),
             _ => {}
@@ -438,18 +461,23 @@ pub struct LimitedStart {
 /// every replica for this queue take turns), it counts the queue's running
 /// jobs and starts at most the difference, in the order given. A queue
 /// whose limit was lifted meanwhile starts them all.
+///
+/// `retried`: an earlier try may have landed before its reply was lost, so
+/// runs already `STARTED!` under their lease count as started, not against
+/// the limit.
 pub fn job_start_limited(
     conn: &mut Connection,
     queue: &str,
     runs: &[Run],
     timeout: Duration,
+    retried: bool,
 ) -> DbResult<LimitedStart> {
     conn.transaction(|c| {
         // Other replicas' starts of this queue hold its row only for a
         // statement or two: wait for them (the batch writers' sessions
         // otherwise give up on a lock at once).
         c.query_drop("SET SESSION innodb_lock_wait_timeout = 2")?;
-        let result = start_limited_locked(c, queue, runs, timeout);
+        let result = start_limited_locked(c, queue, runs, timeout, retried);
         c.query_drop("SET SESSION innodb_lock_wait_timeout = 0")?;
         result
     })
@@ -460,12 +488,24 @@ fn start_limited_locked(
     queue: &str,
     runs: &[Run],
     timeout: Duration,
+    retried: bool,
 ) -> DbResult<LimitedStart> {
     let max: Vec<Option<u64>> = c.exec_rows(
         "SELECT max_running FROM queues WHERE name = :queue FOR UPDATE",
         params! { queue },
         super::row::first,
     )?;
+    let started_before = if retried {
+        job_runs_state(c, runs, status::QUEUED, Some(status::STARTED))?.written
+    } else {
+        Vec::new()
+    };
+    let left: Vec<Run> = runs
+        .iter()
+        .copied()
+        .filter(|r| !started_before.contains(r))
+        .collect();
+    let runs = &left[..];
     let allowed = match max.into_iter().next().flatten() {
         Some(max) => {
             let running = super::claim::job_running_in(c, queue)?;
@@ -477,8 +517,10 @@ fn start_limited_locked(
     if !now.is_empty() {
         job_start_many(c, now, timeout, Locks::Skip)?;
     }
+    let mut state = job_runs_state(c, now, status::QUEUED, Some(status::STARTED))?;
+    state.written.extend(started_before);
     Ok(LimitedStart {
-        state: job_runs_state(c, now, status::QUEUED, Some(status::STARTED))?,
+        state,
         over_limit: later.to_vec(),
     })
 }

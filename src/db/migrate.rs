@@ -54,7 +54,14 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
         "cancel_pending",
         "TINYINT AS (IF(cancel_requested_at IS NOT NULL AND (finished_at IS NULL \
          OR cancel_requested_at > finished_at) AND (status IS NULL \
-         OR status IN ('QUEUED!', 'STARTED!')), 1, NULL)) VIRTUAL",
+         OR status IN ('QUEUED!', 'STARTED!', 'DONE!', 'CANCELLED!', 'FAILED!')), 1, NULL)) \
+         VIRTUAL",
+    ),
+    ("unique_key", "VARCHAR(255) NULL"),
+    (
+        "unique_live",
+        "VARCHAR(255) AS (IF(status IN ('DONE!', 'CANCELLED!', 'FAILED!'), NULL, unique_key)) \
+         VIRTUAL",
     ),
 ];
 
@@ -64,17 +71,31 @@ const ADDED_WORKER_COLUMNS: &[(&str, &str)] = &[
     ("kinds", "VARCHAR(1024) NOT NULL DEFAULT ''"),
 ];
 
-/// Indexes the service's queries need, with their columns.
-const INDEXES: &[(&str, &str)] = &[
+/// Indexes the service's queries (and unique jobs) need: name, kind and
+/// columns.
+const INDEXES: &[(&str, &str, &str)] = &[
     (
         "jobs_new_routed",
+        "INDEX",
         "is_new, queue, kind, run_at, priority DESC, id",
     ),
-    ("jobs_running", "is_running, deadline_at, started_at"),
-    ("jobs_held_by", "held_by"),
-    ("jobs_final_at", "final_at"),
-    ("jobs_cancel", "cancel_pending"),
+    (
+        "jobs_running",
+        "INDEX",
+        "is_running, deadline_at, started_at",
+    ),
+    ("jobs_held_by", "INDEX", "held_by"),
+    ("jobs_final_at", "INDEX", "final_at"),
+    (
+        "jobs_cancel",
+        "INDEX",
+        "cancel_pending, cancel_requested_at",
+    ),
+    ("jobs_unique", "UNIQUE INDEX", "unique_live"),
 ];
+
+/// The tables `run` needs.
+const TABLES: &[&str] = &["jobs", "workers", "queues", "schedules"];
 
 /// Indexes of versions before the previous one: no running replica can use
 /// them (the previous version's `migrate` dropped them), so they go at once.
@@ -211,10 +232,10 @@ pub fn apply(
     add_columns(conn, report)?;
     exact_statuses(conn, report)?;
     let indexes = index_names(conn)?;
-    for (name, cols) in INDEXES {
+    for (name, kind, cols) in INDEXES {
         if !indexes.iter().any(|i| i.eq_ignore_ascii_case(name)) {
             tolerate_race(
-                conn.query_drop(format!("ALTER TABLE jobs ADD INDEX `{name}` ({cols})")),
+                conn.query_drop(format!("ALTER TABLE jobs ADD {kind} `{name}` ({cols})")),
             )?;
             report.added_indexes.push(name.to_string());
         }
@@ -355,8 +376,8 @@ fn tolerate_race(result: DbResult<()>) -> DbResult<()> {
 /// Fails with a clear message when the tables `run` needs are missing.
 pub fn check(conn: &mut Connection) -> DbResult<()> {
     let tables = table_names(conn)?;
-    let missing_table = ["jobs", "workers", "queues"]
-        .into_iter()
+    let missing_table = TABLES
+        .iter()
         .find(|t| !tables.iter().any(|x| x.eq_ignore_ascii_case(t)));
     if let Some(t) = missing_table {
         return Err(DbError::Schema(format!(
@@ -386,7 +407,7 @@ pub fn check(conn: &mut Connection) -> DbResult<()> {
     let indexes = index_names(conn)?;
     match INDEXES
         .iter()
-        .map(|(i, _)| *i)
+        .map(|(i, _, _)| *i)
         .find(|i| !indexes.iter().any(|x| x.eq_ignore_ascii_case(i)))
     {
         Some(i) => Err(DbError::Schema(format!(
@@ -403,9 +424,9 @@ mod tests {
     #[test]
     fn schema_splits_into_create_statements() {
         let statements = schema_statements();
-        assert_eq!(statements.len(), 3);
+        assert_eq!(statements.len(), 4);
         let tables: Vec<&str> = statements.iter().map(|s| created_table(s)).collect();
-        assert_eq!(tables, ["jobs", "workers", "queues"]);
+        assert_eq!(tables, TABLES);
         assert!(
             statements
                 .iter()
@@ -415,7 +436,7 @@ mod tests {
 
     #[test]
     fn every_needed_index_is_in_the_schema() {
-        for (name, _) in INDEXES {
+        for (name, _, _) in INDEXES {
             assert!(SCHEMA_SQL.contains(name), "{name} not in schema.sql");
         }
         for (name, _) in ADDED_COLUMNS {

@@ -31,6 +31,7 @@ pub mod pool;
 pub mod queues;
 pub mod retry;
 pub mod row;
+pub mod schedules;
 pub mod stats;
 pub mod steer;
 pub mod workers;

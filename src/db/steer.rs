@@ -4,6 +4,8 @@
 //! queue and kind names and ids are integers, so the statements carry their
 //! values as literals and print as they run.
 
+use mysql::params;
+
 use super::conn::Connection;
 use super::error::DbResult;
 use super::pool::id_list;
@@ -20,10 +22,12 @@ pub fn cancel_sql(ids: &[u64]) -> String {
 }
 
 /// `retry ID...`: a final job is new again and runs once more, whatever its
-/// attempts.
+/// attempts. `IGNORE`: a job whose `unique_key` another job that is not
+/// final holds stays as it is (without it, the statement fails with 1062
+/// and retries none).
 pub fn retry_sql(ids: &[u64]) -> String {
     format!(
-        "UPDATE jobs SET status = NULL, run_at = NULL WHERE id IN ({}) \
+        "UPDATE IGNORE jobs SET status = NULL, run_at = NULL WHERE id IN ({}) \
          AND status IN ('FAILED!', 'CANCELLED!', 'DONE!')",
         id_list(ids.iter().copied())
     )
@@ -39,12 +43,38 @@ pub struct FailedFilter {
 }
 
 /// `retry --failed [--queue Q] [--kind K]`: every failed job (of that queue
-/// and kind) is new again. Reads the final rows' index.
+/// and kind) is new again, but those whose `unique_key` is held. Reads the
+/// final rows' index.
 pub fn retry_failed_sql(filter: &FailedFilter) -> String {
-    let mut sql = String::from(
-        "UPDATE jobs SET status = NULL, run_at = NULL WHERE final_at IS NOT NULL \
-         AND status = 'FAILED!'",
-    );
+    retry_failed_where(
+        filter,
+        "UPDATE IGNORE jobs SET status = NULL, run_at = NULL",
+    )
+}
+
+/// How many failed jobs `retry --failed` left failed because another job
+/// that is not final holds their `unique_key`.
+pub fn job_failed_with_held_keys(conn: &mut Connection, filter: &FailedFilter) -> DbResult<u64> {
+    let sql = retry_failed_where(filter, "SELECT COUNT(*) FROM jobs")
+        + " AND unique_key IS NOT NULL \
+           AND EXISTS (SELECT 1 FROM jobs h WHERE h.unique_live = jobs.unique_key)";
+    let n: Vec<u64> = conn.query_rows(sql, super::row::first)?;
+    Ok(n.into_iter().next().unwrap_or(0))
+}
+
+/// The job that is not final and holds `key`, if any.
+pub fn job_holding_key(conn: &mut Connection, key: &str) -> DbResult<Option<u64>> {
+    let n: Vec<u64> = conn.exec_rows(
+        "SELECT id FROM jobs WHERE unique_live = :key",
+        params! { key },
+        super::row::first,
+    )?;
+    Ok(n.into_iter().next())
+}
+
+/// `head` and the conditions of `retry --failed` with `filter`.
+fn retry_failed_where(filter: &FailedFilter, head: &str) -> String {
+    let mut sql = format!("{head} WHERE final_at IS NOT NULL AND status = 'FAILED!'");
     if let Some(q) = &filter.queue {
         sql.push_str(&format!(" AND queue = '{q}'"));
     }
@@ -74,23 +104,36 @@ pub fn steer(conn: &mut Connection, sql: &str) -> DbResult<u64> {
     Ok(conn.affected_rows())
 }
 
-/// The status of each of `ids` that exists (`None` for a new job); with
-/// `lock`, locking the rows until the transaction ends.
-pub fn job_statuses(
-    conn: &mut Connection,
-    ids: &[u64],
-    lock: bool,
-) -> DbResult<Vec<(u64, Option<String>)>> {
+/// One job as a steering command reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobState {
+    /// Its id.
+    pub id: u64,
+    /// Its status (`None`: new).
+    pub status: Option<String>,
+    /// Its `unique_key`.
+    pub unique_key: Option<String>,
+}
+
+/// The status and key of each of `ids` that exists; with `lock`, locking
+/// the rows until the transaction ends.
+pub fn job_statuses(conn: &mut Connection, ids: &[u64], lock: bool) -> DbResult<Vec<JobState>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     conn.query_rows(
         format!(
-            "SELECT id, status FROM jobs WHERE id IN ({}) ORDER BY id{}",
+            "SELECT id, status, unique_key FROM jobs WHERE id IN ({}) ORDER BY id{}",
             id_list(ids.iter().copied()),
             if lock { " FOR UPDATE" } else { "" }
         ),
-        |mut row| Ok((col(&mut row, "id")?, col(&mut row, "status")?)),
+        |mut row| {
+            Ok(JobState {
+                id: col(&mut row, "id")?,
+                status: col(&mut row, "status")?,
+                unique_key: col(&mut row, "unique_key")?,
+            })
+        },
     )
 }
 

@@ -6,6 +6,14 @@
 //! `WORKER_DEAD_AFTER`, default 10s) serve each, and hands them to
 //! [`Queues`]: a change to a row takes effect within a heartbeat, and a
 //! replica that dies stops counting once its heartbeat is that old.
+//!
+//! Each of the `n` replicas serving a queue gets `rate_limit / n` tokens a
+//! second, in a bucket that holds at most a second's worth (at least one
+//! token), so the cluster's burst is at most a second's worth too. When the
+//! rate is below `n` (one token would take longer than a second to come),
+//! only the first `ceil(rate_limit)` of them by name take the queue's jobs,
+//! each `rate_limit / ceil(rate_limit)`: ten replicas with `rate_limit = 1`
+//! do not start ten jobs at once after a quiet spell.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +34,8 @@ pub struct LimitsConfig {
     pub interval: Duration,
     /// A replica silent this long no longer counts (`WORKER_DEAD_AFTER`).
     pub dead_after: Duration,
+    /// This replica (`WORKER_NAME`).
+    pub worker: String,
 }
 
 impl From<&Config> for LimitsConfig {
@@ -33,6 +43,7 @@ impl From<&Config> for LimitsConfig {
         LimitsConfig {
             interval: c.heartbeat_interval,
             dead_after: c.worker_dead_after,
+            worker: c.worker_name.clone(),
         }
     }
 }
@@ -52,7 +63,7 @@ impl LimitsLoop {
 
     /// One read; returns how many queues are steered.
     pub fn run_once(&self) -> DbResult<usize> {
-        let limits = queue_limits(&mut *self.db.conn()?, self.cfg.dead_after)?;
+        let limits = queue_limits(&mut *self.db.conn()?, self.cfg.dead_after, &self.cfg.worker)?;
         let n = limits.len();
         if limits != self.queues.all() {
             log::debug!("queue limits: {limits:?}");

@@ -11,6 +11,7 @@
 //! - [`pruner`]: deletes final rows older than `RETENTION`;
 //! - [`limits`]: keeps the queues' limits current, and each replica's share;
 //! - [`backlog`]: counts what waits in each queue, and what nobody serves;
+//! - [`scheduler`]: enqueues the jobs of `schedules`, one per fire time;
 //! - [`summary`]: logs what the replica did, once a minute.
 
 pub mod backlog;
@@ -18,5 +19,6 @@ pub mod heartbeat;
 pub mod limits;
 pub mod pruner;
 pub mod rescuer;
+pub mod scheduler;
 pub mod summary;
 pub mod watcher;

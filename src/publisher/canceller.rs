@@ -27,6 +27,9 @@ pub struct CancellerPublisherConfig {
     pub job_timeout: Duration,
     /// How often it looks (`CANCELLER_POLL_INTERVAL`).
     pub poll_interval: Duration,
+    /// This replica (`WORKER_NAME`): of the running jobs whose cancel was
+    /// requested, it looks at its own.
+    pub worker: String,
 }
 
 impl From<&Config> for CancellerPublisherConfig {
@@ -34,6 +37,7 @@ impl From<&Config> for CancellerPublisherConfig {
         CancellerPublisherConfig {
             job_timeout: c.job_timeout,
             poll_interval: c.canceller_poll_interval,
+            worker: c.worker_name.clone(),
         }
     }
 }
@@ -54,7 +58,12 @@ impl CancellerPublisher {
     /// One scan: sends dead runs to the channel; returns how many.
     pub fn run_once(&self) -> DbResult<usize> {
         let room = free_room(&self.tx);
-        let dead = job_find_dead(&mut *self.db.conn()?, self.cfg.job_timeout, room)?;
+        let dead = job_find_dead(
+            &mut *self.db.conn()?,
+            self.cfg.job_timeout,
+            room,
+            &self.cfg.worker,
+        )?;
         let sent = dead
             .into_iter()
             .take_while(|job| self.tx.try_send(job.clone()).is_ok())

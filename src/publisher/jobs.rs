@@ -95,6 +95,8 @@ struct ClaimState {
     after: Afters,
     /// The last claim found nothing: probe with a plain read first.
     idle: bool,
+    /// The last claim took all the tokens of a rate-limited queue.
+    token_short: bool,
 }
 
 impl JobsPublisher {
@@ -111,6 +113,7 @@ impl JobsPublisher {
             held: HeldConn::new(db.clone()),
             after: HashMap::new(),
             idle: false,
+            token_short: false,
         };
         JobsPublisher {
             cfg,
@@ -143,6 +146,15 @@ impl JobsPublisher {
         let (jobs, sources) = self.claim_with(&mut state, room, continue_after)?;
         self.db.health().ok();
         remember_where_full_sources_ended(&mut state.after, &sources, &jobs);
+        // A rate-limited queue whose tokens ran out before its jobs did is
+        // claimed again as soon as it has tokens; one that ran out of jobs
+        // waits for the next tick.
+        state.token_short = self.cfg.queues.iter().any(|q| {
+            self.queues.limits(q).share.is_some()
+                && sources.iter().find(|s| &s.queue == q).is_some_and(|s| {
+                    s.limit < room && jobs.iter().filter(|j| &j.queue == q).count() >= s.limit
+                })
+        });
         drop(state);
         for queue in &self.cfg.queues {
             let n = jobs.iter().filter(|j| &j.queue == queue).count();
@@ -177,6 +189,7 @@ impl JobsPublisher {
             held,
             after,
             idle,
+            ..
         } = state;
         held.run(|conn| {
             if !in_doubt.is_empty() {
@@ -263,9 +276,18 @@ impl JobsPublisher {
         });
     }
 
-    /// When to claim again for the rate-limited queues served: once a
-    /// tenth of a second's worth of their share has come in.
+    /// When to claim again for the rate-limited queues served, if the last
+    /// claim took all their tokens: when the next token comes in (at least
+    /// 100 ms on).
     fn rate_limited_again(&self) -> Option<Duration> {
+        if !self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .token_short
+        {
+            return None;
+        }
         let limited: Vec<String> = self
             .cfg
             .queues

@@ -277,7 +277,7 @@ fn every_claim_and_scan_query_uses_an_index_range() {
         ),
         (
             "canceller",
-            dead_select_sql(Duration::from_secs(10), 100),
+            dead_select_sql(Duration::from_secs(10), 100, "w1"),
             mysql::Params::Empty,
         ),
         (
@@ -472,9 +472,11 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
             "queue",
             "cancel_requested_at",
             "cancel_pending",
+            "unique_key",
+            "unique_live",
         ]
     );
-    assert_eq!(report.added_indexes.len(), 5);
+    assert_eq!(report.added_indexes.len(), 6);
     let again = migrate(db.url(), false).expect("migrate twice");
     assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
     // The old rows are intact and the new one is claimable.
@@ -502,8 +504,8 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
         "jobs_status_finished_at",
         "jobs_new",
     ];
-    // (jobs_new_routed and jobs_cancel stay, as if the previous version's
-    // table had them too: the test reads the drops, not the adds, of them.)
+    // (jobs_new_routed, jobs_cancel and jobs_unique stay, as if the previous
+    // version's table had them too: the test reads the drops, not those adds.)
     db.exec("INSERT INTO jobs (object_id, sleep) VALUES (10, 1000)");
     let indexes = || -> u64 {
         db.scalar(
@@ -521,7 +523,7 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     );
     assert!(report.dropped_indexes.is_empty());
     assert_eq!(report.kept_replaced, previous);
-    assert_eq!(indexes(), 10);
+    assert_eq!(indexes(), 11);
     claims_the_one_new_job(&db);
 
     // Once every replica runs this version.
@@ -529,7 +531,7 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     assert!(report.added_indexes.is_empty());
     assert_eq!(report.dropped_indexes, previous);
     assert!(report.kept_replaced.is_empty());
-    assert_eq!(indexes(), 5, "only the five current indexes remain");
+    assert_eq!(indexes(), 6, "only the six current indexes remain");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod library;
 mod manifests;
 mod mariadb;
 mod proxy;
+mod recurring;
 mod replicas;
 mod steering;
 mod testdb;

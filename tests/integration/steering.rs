@@ -317,14 +317,14 @@ fn steering_commands_check_their_arguments_and_print_their_statements() {
         ),
         (
             vec!["retry", "--sql", "42"],
-            "UPDATE jobs SET status = NULL, run_at = NULL WHERE id IN (42) \
+            "UPDATE IGNORE jobs SET status = NULL, run_at = NULL WHERE id IN (42) \
              AND status IN ('FAILED!', 'CANCELLED!', 'DONE!');",
         ),
         (
             vec![
                 "retry", "--failed", "--queue", "mail", "--kind", "tally", "--sql",
             ],
-            "UPDATE jobs SET status = NULL, run_at = NULL WHERE final_at IS NOT NULL \
+            "UPDATE IGNORE jobs SET status = NULL, run_at = NULL WHERE final_at IS NOT NULL \
              AND status = 'FAILED!' AND queue = 'mail' AND kind = 'tally';",
         ),
         (
@@ -854,4 +854,76 @@ fn max_running_holds_across_replicas_at_every_instant_as_they_start_and_die() {
         "only the dead replica's runs were cancelled"
     );
     assert_audit_sound(&db);
+}
+
+#[test]
+fn rows_whose_queue_or_kind_differ_in_case_run_as_the_names_they_match() {
+    let db = TestDb::new("routing_case");
+    // The columns compare case-insensitively and ignore trailing spaces:
+    // these rows are the replica's queue and kind to the database.
+    let odd = insert(&db, 1, "object_id, sleep, kind", "1, 0, 'Sleep'");
+    let odd2 = insert(&db, 1, "object_id, sleep, queue", "2, 0, 'DEFAULT'");
+    let odd3 = insert(&db, 1, "object_id, sleep, kind", "3, 0, 'sleep '");
+    let all = [odd, odd2, odd3].concat();
+    let mut svc = start(&bin(), &db, "w", "default", &[]);
+    wait_running(
+        &db,
+        &mut [&mut svc],
+        secs(20),
+        "the three rows DONE!",
+        |_| count_in(&db, &all, "status = 'DONE!'") == 3,
+        String::new,
+    );
+    // A normal job after them is claimed too, and nothing was retried.
+    let next = insert(&db, 1, "object_id, sleep", "4, 0")[0];
+    wait_running(
+        &db,
+        &mut [&mut svc],
+        secs(20),
+        "the next job DONE!",
+        |_| db.job(next).status() == DONE,
+        String::new,
+    );
+    let log = svc.stderr();
+    let warnings = warn_lines(&log);
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    stop_all(vec![svc], secs(30));
+}
+
+#[test]
+fn a_cancel_of_a_final_job_changes_nothing_not_even_a_later_re_run() {
+    let db = TestDb::new("cancel_final");
+    let mut svc = start(&bin(), &db, "w", "default", &[]);
+    let id = insert(&db, 1, "object_id, sleep", "1, 0")[0];
+    wait_running(
+        &db,
+        &mut [&mut svc],
+        secs(20),
+        "the job DONE!",
+        |_| db.job(id).status() == DONE,
+        String::new,
+    );
+    // The plain statement, without the status condition the CLI adds.
+    db.exec(&format!(
+        "UPDATE jobs SET cancel_requested_at = NOW(6) WHERE id = {id}"
+    ));
+    wait_running(
+        &db,
+        &mut [&mut svc],
+        secs(20),
+        "the late cancel forgotten",
+        |_| db.count(&format!("id = {id} AND cancel_requested_at IS NULL")) == 1,
+        String::new,
+    );
+    assert_eq!(db.job(id).status(), DONE, "the final row stays as it was");
+    cli(&db, &["retry", &id.to_string()]);
+    wait_running(
+        &db,
+        &mut [&mut svc],
+        secs(20),
+        "the re-run DONE!",
+        |_| db.count(&format!("id = {id} AND status = 'DONE!' AND attempts = 2")) == 1,
+        String::new,
+    );
+    stop_all(vec![svc], secs(30));
 }
