@@ -33,8 +33,11 @@ RUN mkdir -p src tests/integration benches \
         target/release/deps/libbackground_processing-* \
         target/release/background-processing
 
-# The service (schema.sql is embedded in the binary).
+# The service (schema.sql, the dashboard's templates and its stylesheet and
+# script are embedded in the binary).
 COPY schema.sql ./
+COPY templates templates
+COPY static static
 COPY src src
 RUN scripts/build-release \
     && target/release/background-processing --version
@@ -46,7 +49,8 @@ RUN groupadd --system --gid 10001 background-processing \
 COPY --from=builder /build/target/release/background-processing /usr/local/bin/background-processing
 # Numeric, so Kubernetes' runAsNonRoot can check it without /etc/passwd.
 USER 10001:10001
-# /healthz, /readyz and /metrics (METRICS_ADDR).
-EXPOSE 9090
+# /healthz, /readyz and /metrics (METRICS_ADDR); the dashboard's pages
+# (DASHBOARD_ADDR, when run as `dashboard`).
+EXPOSE 9090 8080
 ENTRYPOINT ["/usr/local/bin/background-processing"]
 CMD ["run"]

@@ -50,7 +50,8 @@
 //!    liveness and signals, knowing nothing of jobs;
 //! 4. the loops: [`publisher`], [`consumer`], [`maintenance`]; and [`http`];
 //! 5. [`service`]: builds each loop from its own small config and the
-//!    handles it needs, starts them and drains them;
+//!    handles it needs, starts them and drains them; [`dashboard`]: the web
+//!    pages, a process of their own;
 //! 6. [`cli`] and [`runner`]: the command line.
 //!
 //! # Shutdown order
@@ -66,6 +67,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dashboard;
 pub mod db;
 pub mod http;
 pub mod job;

@@ -4,6 +4,7 @@
 //! program's top level, and with `main.rs` the only place that uses
 //! `anyhow`.
 
+mod dashboard;
 mod demo;
 mod migrate;
 mod run;
@@ -30,6 +31,7 @@ enum Command {
         drop_replaced: bool,
     },
     Demo,
+    Dashboard,
     Stats,
     Queues,
     Schedules,
@@ -53,6 +55,8 @@ fn usage() -> String {
            migrate --drop-replaced\n           \
                     the same, and drops those indexes (once every replica runs this version)\n  \
            demo     run the service, insert the original demo's jobs and print the table\n  \
+           dashboard\n           \
+                    serve the web dashboard on DASHBOARD_ADDR (read-only without DASHBOARD_TOKEN)\n  \
            stats    print counts by status, what waits (and what no replica serves),\n           \
                     the oldest waiting job and recent throughput\n  \
            queues   print each queue: waiting, scheduled, running, paused, limits\n  \
@@ -102,6 +106,7 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
     match first.as_str() {
         "run" => alone(Command::Run),
         "demo" => alone(Command::Demo),
+        "dashboard" => alone(Command::Dashboard),
         "stats" => alone(Command::Stats),
         "queues" => alone(Command::Queues),
         "schedules" => alone(Command::Schedules),
@@ -176,6 +181,7 @@ pub fn main_with(args: &[String], tasks: Tasks) -> ExitCode {
     let result = match command {
         Command::Run => run::run(config, tasks, false),
         Command::Demo => run::run(config, tasks, true),
+        Command::Dashboard => dashboard::run(&config),
         Command::Migrate { drop_replaced } => migrate::run(&config, drop_replaced).map(drop),
         Command::Stats => stats::run(&config),
         Command::Queues => steer::queues(&config),
@@ -214,6 +220,7 @@ mod tests {
         );
         assert!(p(&["migrate", "--drop"]).is_err());
         assert_eq!(p(&["demo"]), Ok(Some(Command::Demo)));
+        assert_eq!(p(&["dashboard"]), Ok(Some(Command::Dashboard)));
         assert_eq!(p(&["stats"]), Ok(Some(Command::Stats)));
         assert_eq!(p(&["queues"]), Ok(Some(Command::Queues)));
         assert_eq!(p(&["schedules"]), Ok(Some(Command::Schedules)));

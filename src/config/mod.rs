@@ -17,6 +17,7 @@ mod values;
 pub mod vars;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -67,12 +68,14 @@ impl Config {
                     computed.push(var.name);
                     continue;
                 }
+                (_, Read::Token) => continue,
                 _ => var.default.to_string(),
             };
             (var.set)(&mut config, &value).map_err(|expected| ConfigError {
                 var: var.name,
                 value: match var.read {
                     Read::Secret => redact_url(&value),
+                    Read::Token => "***".into(),
                     _ => value.clone(),
                 },
                 expected,
@@ -143,6 +146,8 @@ impl Config {
             prune_interval: Duration::ZERO,
             scheduler_interval: Duration::ZERO,
             metrics_addr: None,
+            dashboard_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            dashboard_token: None,
         }
     }
 

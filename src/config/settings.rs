@@ -58,4 +58,8 @@ pub struct Config {
     /// Where `/healthz`, `/readyz` and `/metrics` answer; `None` (the
     /// variable set but empty) serves nothing.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where `dashboard` listens.
+    pub dashboard_addr: SocketAddr,
+    /// What opens a dashboard session for actions; `None`: read-only.
+    pub dashboard_token: Option<String>,
 }

@@ -156,6 +156,23 @@ pub(super) fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
     })
 }
 
+pub(super) fn dashboard_addr(value: &str) -> Result<SocketAddr, String> {
+    value.trim().parse::<SocketAddr>().map_err(|_| {
+        "an IP address and port to listen on, like 127.0.0.1:8080 or 0.0.0.0:8080".into()
+    })
+}
+
+/// `DASHBOARD_TOKEN`: long enough not to be guessed, and printable.
+pub(super) fn dashboard_token(value: &str) -> Result<Option<String>, String> {
+    let token = value.trim();
+    if token.chars().count() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("at least 16 printable ASCII characters without spaces \
+             (e.g. from `openssl rand -hex 24`), or unset for a read-only dashboard"
+            .into());
+    }
+    Ok(Some(token.to_string()))
+}
+
 pub(super) fn level(value: &str) -> Result<LevelFilter, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "error" => Ok(LevelFilter::Error),

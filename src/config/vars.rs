@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::settings::Config;
 use super::values::{
-    count, database_url, duration, level, metrics_addr, parse_duration, queue_list, show_duration,
+    count, dashboard_addr, dashboard_token, database_url, duration, level, metrics_addr,
+    parse_duration, queue_list, show_duration,
 };
 
 /// The default `DATABASE_URL`.
@@ -19,6 +20,10 @@ pub const DEFAULT_DATABASE_URL: &str = "mysql://root@127.0.0.1:3306/background_p
 /// The default `METRICS_ADDR`: every interface, so the kubelet and
 /// Prometheus can reach it in a pod.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
+
+/// The default `DASHBOARD_ADDR`: this machine only (a pod sets
+/// `0.0.0.0:8080` for its Service).
+pub const DEFAULT_DASHBOARD_ADDR: &str = "127.0.0.1:8080";
 
 /// One environment variable.
 pub struct Var {
@@ -50,6 +55,9 @@ pub(super) enum Read {
     BlankIsValue,
     /// Like `Plain`, and the value is a secret: errors show it redacted.
     Secret,
+    /// Unset or blank: off (its default names no value); set: a secret,
+    /// never shown.
+    Token,
 }
 
 /// Stores a parsed value.
@@ -282,6 +290,25 @@ pub const VARS: &[Var] = &[
             c.metrics_addr
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "\"\" (off)".into())
+        },
+    },
+    Var {
+        name: "DASHBOARD_ADDR",
+        default: DEFAULT_DASHBOARD_ADDR,
+        help: "where `dashboard` serves its pages",
+        read: Read::Plain,
+        set: |c, v| put(&mut c.dashboard_addr, dashboard_addr(v)),
+        show: |c| c.dashboard_addr.to_string(),
+    },
+    Var {
+        name: "DASHBOARD_TOKEN",
+        default: "unset",
+        help: "unset: the dashboard is read-only; set: actions need a session opened with it",
+        read: Read::Token,
+        set: |c, v| put(&mut c.dashboard_token, dashboard_token(v)),
+        show: |c| match c.dashboard_token {
+            Some(_) => "(set)".into(),
+            None => "unset".into(),
         },
     },
 ];

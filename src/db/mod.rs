@@ -20,6 +20,7 @@
 //! and lease) and returns how many rows it changed, so a replica that no
 //! longer owns a job cannot change its row.
 
+pub mod browse;
 pub mod claim;
 pub mod conn;
 pub mod error;

@@ -255,7 +255,7 @@ fn endpoints_answer_and_counters_match_the_table() {
 /// `host:port` of a `mysql://user@host:port/db` URL, and the URL pointed at
 /// `addr` instead, over TCP (the mysql crate otherwise moves a loopback
 /// connection to the server's Unix socket, bypassing the proxy).
-fn via_proxy(url: &str, proxy: impl FnOnce(&str) -> SocketAddr) -> String {
+pub fn via_proxy(url: &str, proxy: impl FnOnce(&str) -> SocketAddr) -> String {
     let rest = url.strip_prefix("mysql://").expect("a mysql:// URL");
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let (user, host) = match authority.rsplit_once('@') {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod binary;
+mod dashboard;
 mod faults;
 mod fleet;
 mod http;

@@ -15,14 +15,23 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 
-/// The documents of a multi-document YAML file, by `kind`.
+/// The documents of a multi-document YAML file, by `kind`, and by
+/// `kind/name` too.
 fn documents(yaml: &str) -> BTreeMap<String, String> {
-    yaml.split("\n---\n")
-        .filter_map(|doc| {
-            let kind = doc.lines().find_map(|l| l.strip_prefix("kind: "))?;
-            Some((kind.trim().to_string(), doc.to_string()))
-        })
-        .collect()
+    let mut docs = BTreeMap::new();
+    for doc in yaml.split("\n---\n") {
+        let Some(kind) = doc.lines().find_map(|l| l.strip_prefix("kind: ")) else {
+            continue;
+        };
+        let name = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("  name: "))
+            .unwrap_or_default();
+        docs.entry(kind.trim().to_string())
+            .or_insert_with(|| doc.to_string());
+        docs.insert(format!("{}/{}", kind.trim(), name.trim()), doc.to_string());
+    }
+    docs
 }
 
 /// `KEY: "value"` lines of the ConfigMap's `data:` block.
@@ -90,8 +99,8 @@ fn configmap_holds_every_tunable_with_its_default() {
     let data = configmap_data(&docs["ConfigMap"]);
     for v in VARS {
         match v.name {
-            // A secret, and each pod's own name: not shared configuration.
-            "DATABASE_URL" | "WORKER_NAME" => {
+            // Secrets, and each pod's own name: not shared configuration.
+            "DATABASE_URL" | "WORKER_NAME" | "DASHBOARD_TOKEN" => {
                 assert!(!data.contains_key(v.name), "{} in the ConfigMap", v.name)
             }
             // Empty means the computed default.
@@ -106,7 +115,7 @@ fn configmap_holds_every_tunable_with_its_default() {
     }
     assert_eq!(
         data.len(),
-        VARS.len() - 2,
+        VARS.len() - 3,
         "unknown ConfigMap keys: {data:?}"
     );
 }
@@ -115,7 +124,7 @@ fn configmap_holds_every_tunable_with_its_default() {
 fn deployment_matches_the_service() {
     let docs = documents(&read("build.yaml"));
     let data = configmap_data(&docs["ConfigMap"]);
-    let deployment = &docs["Deployment"];
+    let deployment = &docs["Deployment/background-processing"];
 
     // The kubelet must not SIGKILL a replica that is still draining.
     let drain = humantime::parse_duration(&data["SHUTDOWN_TIMEOUT"]).unwrap() + INTERRUPT_GRACE;
@@ -162,4 +171,36 @@ fn image_and_ci_build_with_the_same_command() {
         "a second build command"
     );
     assert!(ci.lines().any(|l| l.trim() == "scripts/build-release"));
+    // What the binary embeds at compile time is in the image's build.
+    for embedded in ["schema.sql", "templates", "static", "src"] {
+        assert!(
+            dockerfile.contains(&format!("COPY {embedded} ")),
+            "the Dockerfile does not copy {embedded}"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_runs_apart_locked_down_behind_a_service() {
+    let docs = documents(&read("build.yaml"));
+    let d = &docs["Deployment/background-processing-dashboard"];
+    assert_eq!(number(d, "replicas"), 1, "sessions live in one process");
+    for needle in [
+        "args: [\"dashboard\"]",
+        "name: DASHBOARD_ADDR",
+        "value: \"0.0.0.0:8080\"",
+        "containerPort: 8080",
+        "path: /healthz",
+        "name: background-processing-dashboard",
+        "optional: true",
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+    ] {
+        assert!(
+            d.contains(needle),
+            "the dashboard's Deployment lacks {needle:?}"
+        );
+    }
+    let s = &docs["Service/background-processing-dashboard"];
+    assert!(s.contains("app.kubernetes.io/component: dashboard") && s.contains("targetPort: http"));
 }
