@@ -32,7 +32,8 @@ pub fn bin() -> String {
 }
 
 /// The `tally` example (`examples/tally.rs`): the service with a second
-/// task kind, built by `cargo test --all-targets` next to the binary.
+/// task kind, built by `cargo build --examples` (scripts/test runs it)
+/// next to the binary.
 pub fn tally_bin() -> String {
     let path = std::path::Path::new(BIN)
         .parent()
@@ -41,7 +42,7 @@ pub fn tally_bin() -> String {
     assert!(
         path.is_file(),
         "the tally example is missing at {}: build it with `cargo build --examples` \
-         (`cargo test --all-targets`, as scripts/test runs, builds it)",
+         (scripts/test does)",
         path.display()
     );
     path.display().to_string()
