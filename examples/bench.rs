@@ -19,8 +19,9 @@
 //! - `queue_to_start_ms_p50` / `_p99`: `started_at - queued_at`;
 //! - `rss_peak_mib`: the service's peak resident memory (`VmHWM`);
 //! - `service_cpu_us_per_job`, `server_cpu_us_per_job`: CPU time (user +
-//!   system, from `/proc`) the service and the database server (a local
-//!   `mariadbd` or `mysqld`, when there is exactly one) spent per job: on a
+//!   system, from `/proc`) the service and the database server (the local
+//!   process named by the server's `pid_file`, else the one `mariadbd` or
+//!   `mysqld` when there is exactly one) spent per job: on a
 //!   shared machine these vary far less than rates do;
 //! - with `--idle S`: no jobs, and `idle_statements_per_s` over S seconds;
 //! - with `--reference KIND`: instead of the service, one of the reference
@@ -170,9 +171,23 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks.max(1) as f64)
 }
 
-/// The local database server's pid, if exactly one `mariadbd` or `mysqld`
-/// runs on this machine.
-fn server_pid() -> Option<u32> {
+/// The local database server's pid: the one its `pid_file` names, if that
+/// process runs here, else the one `mariadbd` or `mysqld` on this machine
+/// if there is exactly one.
+fn server_pid(conn: &mut Conn) -> Option<u32> {
+    let named = conn
+        .query_first::<String, _>("SELECT @@pid_file")
+        .ok()
+        .flatten()
+        .and_then(|file| std::fs::read_to_string(file).ok())
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            matches!(comm.trim(), "mariadbd" | "mysqld")
+        });
+    if named.is_some() {
+        return named;
+    }
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -556,7 +571,7 @@ fn run() -> Result<String, String> {
         .unwrap_or_default();
 
     let mut own_statements = 0u64;
-    let server = server_pid();
+    let server = server_pid(&mut conn);
     let server_cpu_before = server.and_then(cpu_secs);
     let own_cpu_before = cpu_secs(std::process::id());
     let before = status(&mut conn)?;
