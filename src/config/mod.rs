@@ -190,11 +190,11 @@ mod tests {
         assert_eq!(c.jobs_poll_interval, Duration::from_secs(2));
         assert_eq!(c.canceller_poll_interval, Duration::from_secs(2));
         assert_eq!(c.job_timeout, Duration::from_secs(10));
-        assert_eq!(c.job_consumers, 8);
+        assert_eq!(c.job_consumers, 32);
         assert_eq!(c.canceller_consumers, 2);
         assert_eq!(c.rate_limit, 50);
         assert_eq!(c.channel_capacity, 100);
-        assert_eq!(c.db_pool_size, 27);
+        assert_eq!(c.db_pool_size, 32);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(c.db_connect_timeout, Duration::from_secs(30));
         assert_eq!(c.log_level, LevelFilter::Info);
@@ -298,9 +298,15 @@ mod tests {
     }
 
     #[test]
-    fn pool_size_follows_the_thread_count() {
+    fn pool_size_follows_the_thread_count_up_to_its_cap() {
+        let c = config(&[("JOB_CONSUMERS", "4"), ("CANCELLER_CONSUMERS", "4")]).unwrap();
+        assert_eq!(c.db_pool_size, 21);
         let c = config(&[("JOB_CONSUMERS", "20"), ("CANCELLER_CONSUMERS", "4")]).unwrap();
-        assert_eq!(c.db_pool_size, 53);
+        assert_eq!(c.db_pool_size, 32);
+        let c = config(&[("CANCELLER_CONSUMERS", "40")]).unwrap();
+        assert_eq!(c.db_pool_size, 46, "never fewer than the service's own threads need");
+        let c = config(&[("DB_POOL_SIZE", "80")]).unwrap();
+        assert_eq!(c.db_pool_size, 80);
     }
 
     #[test]

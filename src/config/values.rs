@@ -22,12 +22,24 @@ pub fn min_pool_size(canceller_consumers: usize) -> u32 {
     (6 + canceller_consumers).min(u32::MAX as usize) as u32
 }
 
+/// The most connections the pool opens unless `DB_POOL_SIZE` says
+/// otherwise: with the three of its own, 35 per replica, so three replicas,
+/// a surge pod and the dashboard stay within a small server's
+/// `max_connections` (151).
+pub const DEFAULT_POOL_CAP: u32 = 32;
+
 /// Connections every thread may hold at once: the service's own (see
 /// [`min_pool_size`]), and two per consumer, so tasks that use `job.db`
-/// (one or two connections each) do not wait for one.
+/// (one or two connections each) do not wait for one; at most
+/// [`DEFAULT_POOL_CAP`] (but never fewer than the service's own). The pool
+/// opens connections only as they are used: consumers whose tasks do not
+/// use the database hold none.
 pub fn default_pool_size(job_consumers: usize, canceller_consumers: usize) -> u32 {
     // (The heartbeat has a connection of its own, outside the pool.)
-    (2 * job_consumers + canceller_consumers + 9).min(u32::MAX as usize) as u32
+    let wanted = (2 * job_consumers + canceller_consumers + 9).min(u32::MAX as usize) as u32;
+    wanted
+        .min(DEFAULT_POOL_CAP)
+        .max(min_pool_size(canceller_consumers))
 }
 
 /// `mysql://user:secret@host/db` -> `mysql://user:***@host/db`.

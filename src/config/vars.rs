@@ -109,7 +109,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "JOB_CONSUMERS",
-        default: "8",
+        default: "32",
         help: "threads running jobs",
         read: Read::Plain,
         set: |c, v| put(&mut c.job_consumers, count(v)),
