@@ -39,7 +39,7 @@ use crate::consumer::canceller::Canceller;
 use crate::consumer::finisher::Finisher;
 use crate::consumer::jobs::{Channels, Consumer, Shared};
 use crate::consumer::starter::Starter;
-use crate::db::error::DbError;
+use crate::db::error::{DbError, ErrorKind};
 use crate::db::owners::job_release_queued;
 use crate::db::retry::Retry;
 use crate::db::workers::worker_remove;
@@ -70,7 +70,10 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum StartError {
     /// The database did not answer within `DB_CONNECT_TIMEOUT`.
-    #[error("database at {url} not reachable within DB_CONNECT_TIMEOUT ({timeout}): {cause}")]
+    #[error(
+        "database at {url} not reachable within DB_CONNECT_TIMEOUT ({timeout}): {}",
+        .cause.with_hint()
+    )]
     Unreachable {
         /// Where it tried, password redacted.
         url: String,
@@ -79,8 +82,9 @@ pub enum StartError {
         /// The last error.
         cause: DbError,
     },
-    /// The schema is missing or outdated, or registering failed.
-    #[error("database at {url}: {cause}")]
+    /// The server refused the connection for good, the schema is missing
+    /// or outdated, or registering failed.
+    #[error("database at {url}: {}", .cause.with_hint())]
     Database {
         /// Where, password redacted.
         url: String,
@@ -253,10 +257,14 @@ impl Service {
         parts
             .db
             .wait_ready(config.db_connect_timeout)
-            .map_err(|cause| StartError::Unreachable {
-                url: url.clone(),
-                timeout: crate::config::show_duration(config.db_connect_timeout),
-                cause,
+            .map_err(|cause| match cause.kind() {
+                // Refused at once: waiting longer would not have helped.
+                ErrorKind::Fatal => db_err(cause),
+                _ => StartError::Unreachable {
+                    url: url.clone(),
+                    timeout: crate::config::show_duration(config.db_connect_timeout),
+                    cause,
+                },
             })?;
         check_schema(&parts.db).map_err(db_err)?;
         // The heartbeat has a connection of its own: tasks that use the

@@ -106,16 +106,7 @@ pub fn is_worker_name(name: &str) -> bool {
 }
 
 pub(super) fn database_url(url: &str) -> Result<String, String> {
-    if !url.starts_with("mysql://") {
-        return Err("a URL like mysql://user:password@host:3306/database".into());
-    }
-    let opts = mysql::Opts::from_url(url).map_err(|e| format!("a valid mysql:// URL ({e})"))?;
-    match opts.get_db_name() {
-        Some(db) if !db.is_empty() => Ok(url.to_string()),
-        _ => {
-            Err("a URL that names a database, like mysql://host:3306/background_processing".into())
-        }
-    }
+    super::DatabaseUrl::parse(url).map(|_| url.to_string())
 }
 
 /// A whole number from 1 to 100,000.
