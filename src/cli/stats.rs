@@ -4,16 +4,13 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::db::Db;
 use crate::db::stats::stats_snapshot;
 use crate::job::status;
 use crate::maintenance::backlog::read_backlog;
 
 /// Prints the snapshot to stdout.
 pub fn run(config: &Config) -> anyhow::Result<()> {
-    let db = Db::new(&config.database_url, 1)?;
-    db.wait_ready(config.db_connect_timeout)
-        .with_context(|| format!("connecting to {}", config.redacted_url()))?;
+    let db = super::connect(config)?;
     let s = stats_snapshot(&mut *db.conn()?).context("reading stats")?;
     println!("jobs by status:");
     let mut unknown = 0;

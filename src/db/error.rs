@@ -139,7 +139,7 @@ impl DbError {
             );
         }
         match self.code()? {
-            1045 => Some("check the user and password in DATABASE_URL"),
+            1045 | 1698 => Some("check the user and password in DATABASE_URL"),
             1044 | 1142 | 1143 => Some(
                 "grant the user in DATABASE_URL the privileges on its database (see README: \
                  Databases it runs on)",
@@ -219,10 +219,13 @@ pub fn code_kind(code: u16) -> ErrorKind {
         // (1062), a foreign key (1451, 1452), a check constraint (3819).
         1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1441 | 1451 | 1452
         | 1690 | 3140 | 3819 | 4025 => ErrorKind::BadInput,
-        // Access denied (1044, 1045, 1142, 1143, 1227), an unknown database
+        // Access denied (1044, 1045, 1142, 1143, 1227; 1698: MariaDB's for a
+        // user without a password that may only log in by socket), an unknown database
         // (1049), table (1146) or column (1054), a server that takes only
         // TLS connections (4151 MariaDB, 3159 MySQL): a retry will not help.
-        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 | 3159 | 4151 => ErrorKind::Fatal,
+        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 | 1698 | 3159 | 4151 => {
+            ErrorKind::Fatal
+        }
         // The server cannot take the statement now: read-only (1290, 1836),
         // a Galera node not synced or a commit the cluster refused (1047,
         // 1180), shutting down (1053), the session killed or interrupted
