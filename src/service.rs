@@ -276,6 +276,15 @@ impl Service {
             Arc::clone(&parts.liveness),
         );
         heartbeat.register_at_start().map_err(db_err)?;
+        // Claims rely on SKIP LOCKED skipping: a server that only accepts
+        // the syntax would have replicas claim the same jobs.
+        if let Err(e) = check_skip_locked(&parts.db, &config.worker_name) {
+            let _ = parts
+                .db
+                .conn()
+                .and_then(|mut conn| worker_remove(&mut conn, &config.worker_name));
+            return Err(db_err(e));
+        }
         // The queues' limits apply from the first claim and start.
         LimitsLoop::new(
             config.as_ref().into(),
@@ -447,6 +456,14 @@ impl Drop for Service {
 
 /// Fails when the schema is missing or outdated; warns about the indexes
 /// this version replaced, which slow every write.
+/// [`crate::db::probe::skip_locked_check`] on two of the pool's sessions.
+fn check_skip_locked(db: &Db, worker: &str) -> Result<(), DbError> {
+    let (mut holder, mut reader) = (db.conn()?, db.conn()?);
+    crate::db::probe::skip_locked_check(&mut holder, &mut reader, worker)?;
+    log::debug!("checked: SKIP LOCKED skips a row locked by another session");
+    Ok(())
+}
+
 fn check_schema(db: &Db) -> Result<(), DbError> {
     let mut conn = db.conn()?;
     crate::db::migrate::check(&mut conn)?;
