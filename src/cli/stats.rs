@@ -11,7 +11,8 @@ use crate::maintenance::backlog::read_backlog;
 /// Prints the snapshot to stdout.
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let db = super::connect(config)?;
-    let s = stats_snapshot(&mut *db.conn()?).context("reading stats")?;
+    let s = stats_snapshot(&mut *db.conn()?)
+        .map_err(|e| anyhow::anyhow!("reading stats: {}", e.with_hint()))?;
     println!("jobs by status:");
     let mut unknown = 0;
     for (st, n) in &s.by_status {

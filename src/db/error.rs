@@ -108,7 +108,7 @@ impl DbError {
     pub fn is_tls_refused(&self) -> bool {
         match self {
             DbError::Mysql(mysql::Error::TlsError(_)) => true,
-            DbError::Mysql(mysql::Error::IoError(e)) => tls_error(e).is_some_and(|e| {
+            DbError::Mysql(e) => tls_error(e).is_some_and(|e| {
                 matches!(
                     e,
                     rustls::Error::InvalidCertificate(_)
@@ -139,14 +139,19 @@ impl DbError {
             );
         }
         match self.code()? {
-            1045 | 1698 => Some("check the user and password in DATABASE_URL"),
+            // MariaDB answers a connection without TLS so too when it
+            // requires secure transport.
+            1045 | 1698 => Some(
+                "check the user and password in DATABASE_URL; a server that takes only TLS \
+                 connections refuses one without TLS so too: then add ssl-mode and ssl-ca",
+            ),
             1044 | 1142 | 1143 => Some(
                 "grant the user in DATABASE_URL the privileges on its database (see README: \
                  Databases it runs on)",
             ),
             1049 | 1146 => Some("create the database or run migrate"),
-            // MariaDB's ER_SECURE_TRANSPORT_REQUIRED, and MySQL's.
-            4151 | 3159 => Some(
+            // MySQL's ER_SECURE_TRANSPORT_REQUIRED (MariaDB answers 1045).
+            3159 => Some(
                 "the server requires TLS: add ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/to/ca.pem \
                  (or ssl-mode=REQUIRED) to DATABASE_URL",
             ),
@@ -182,19 +187,26 @@ impl DbError {
 
 /// The TLS error inside an I/O error: rustls reports a handshake that
 /// failed (a certificate that does not verify) as the I/O error of the read
-/// or write that drove it.
-fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
-    e.get_ref()?.downcast_ref::<rustls::Error>()
+/// or write that drove it, which the driver may report as a packet's.
+fn tls_error(e: &mysql::Error) -> Option<&rustls::Error> {
+    let io = match e {
+        mysql::Error::IoError(io) => io,
+        mysql::Error::CodecError(codec) => {
+            std::error::Error::source(codec)?.downcast_ref::<std::io::Error>()?
+        }
+        _ => return None,
+    };
+    io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 /// The driver's error in words: its own `Display` wraps each in the name of
 /// its variant (`DriverError { .. }`), which says nothing to an operator.
 fn show_mysql(e: &mysql::Error) -> String {
+    if let Some(tls) = tls_error(e) {
+        return format!("TLS handshake failed: {tls}");
+    }
     match e {
-        mysql::Error::IoError(e) => match tls_error(e) {
-            Some(tls) => format!("TLS handshake failed: {tls}"),
-            None => e.to_string(),
-        },
+        mysql::Error::IoError(e) => e.to_string(),
         mysql::Error::CodecError(e) => format!("bad packet from the server: {e}"),
         mysql::Error::MySqlError(e) => e.to_string(),
         mysql::Error::DriverError(e) => e.to_string(),
@@ -222,10 +234,8 @@ pub fn code_kind(code: u16) -> ErrorKind {
         // Access denied (1044, 1045, 1142, 1143, 1227; 1698: MariaDB's for a
         // user without a password that may only log in by socket), an unknown database
         // (1049), table (1146) or column (1054), a server that takes only
-        // TLS connections (4151 MariaDB, 3159 MySQL): a retry will not help.
-        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 | 1698 | 3159 | 4151 => {
-            ErrorKind::Fatal
-        }
+        // TLS connections (MySQL's 3159): a retry will not help.
+        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 | 1698 | 3159 => ErrorKind::Fatal,
         // The server cannot take the statement now: read-only (1290, 1836),
         // a Galera node not synced or a commit the cluster refused (1047,
         // 1180), shutting down (1053), the session killed or interrupted
