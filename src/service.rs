@@ -377,7 +377,7 @@ impl Service {
         log::info!(
             "shutdown: put back {} waiting jobs; waiting up to {} for {} running",
             report.released,
-            crate::config::show_duration(deadline.saturating_duration_since(Instant::now())),
+            crate::config::show_rounded(deadline.saturating_duration_since(Instant::now())),
             parts.registry.len()
         );
         (report.interrupted, report.stragglers) = self.drain_consumers(&parts, deadline);

@@ -28,7 +28,7 @@ pub use database::{DatabaseUrl, SslMode};
 pub use settings::Config;
 pub use values::{
     MAX_DURATION, MAX_NAME_LIST, default_pool_size, host_name, is_name, is_worker_name,
-    min_pool_size, redact_url, show_duration,
+    min_pool_size, redact_url, show_duration, show_rounded,
 };
 pub use vars::{DEFAULT_DATABASE_URL, DEFAULT_METRICS_ADDR, VARS, Var};
 

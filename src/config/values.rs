@@ -12,6 +12,17 @@ pub fn show_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
+/// A measured or computed duration as the logs show it: whole seconds
+/// from a second up (`25s`, not `24s 997ms`), milliseconds below.
+pub fn show_rounded(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        let secs = (d.as_millis() + 500) / 1000;
+        humantime::format_duration(Duration::from_secs(secs as u64)).to_string()
+    } else {
+        show_duration(d)
+    }
+}
+
 /// The fewest connections the service's own threads need from the pool at
 /// once: the jobs publisher holds one, the canceller publisher, the
 /// watcher, the rescuer, the pruner and the shutdown release take one for a
@@ -141,7 +152,7 @@ pub(super) fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
         return Ok(None);
     }
     value.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
-        "an IP address and port to listen on, like 0.0.0.0:9090 or 127.0.0.1:9090, \
+        "an IP address and port to listen on, like 0.0.0.0:9090, 127.0.0.1:9090 or [::]:9090, \
          or empty to serve no health and metrics endpoints"
             .into()
     })
@@ -149,7 +160,8 @@ pub(super) fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
 
 pub(super) fn dashboard_addr(value: &str) -> Result<SocketAddr, String> {
     value.trim().parse::<SocketAddr>().map_err(|_| {
-        "an IP address and port to listen on, like 127.0.0.1:8080 or 0.0.0.0:8080".into()
+        "an IP address and port to listen on, like 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+            .into()
     })
 }
 
@@ -172,5 +184,17 @@ pub(super) fn level(value: &str) -> Result<LevelFilter, String> {
         "debug" => Ok(LevelFilter::Debug),
         "trace" => Ok(LevelFilter::Trace),
         _ => Err("one of error, warn, info, debug, trace".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measured_durations_show_in_whole_seconds() {
+        assert_eq!(show_rounded(Duration::from_millis(24_997)), "25s");
+        assert_eq!(show_rounded(Duration::from_millis(90_400)), "1m 30s");
+        assert_eq!(show_rounded(Duration::from_millis(250)), "250ms");
     }
 }
