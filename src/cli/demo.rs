@@ -144,7 +144,7 @@ pub fn printer(db: Db, rows: usize, stop: Receiver<()>) {
                 // Home the cursor and clear the screen: ANSI, as every
                 // terminal emulator reads it.
                 let _ = if in_place {
-                    write!(out, "\x1b[H\x1b[2J{t}\n")
+                    writeln!(out, "\x1b[H\x1b[2J{t}")
                 } else {
                     writeln!(out, "\n{t}")
                 };
