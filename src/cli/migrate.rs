@@ -39,8 +39,11 @@ pub fn run(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport
         Ok(report) => report,
         // A server that answered with an error will not change its mind.
         Err(e) => {
-            return Err(super::refused_or_unreachable(config, &e.into_error()))
-                .context("applying schema.sql");
+            return Err(super::connect::refused_or_unreachable(
+                config,
+                &e.into_error(),
+            ))
+            .context("applying schema.sql");
         }
     };
     log::info!("schema applied to {url}: {report}");

@@ -9,7 +9,7 @@ use crate::db::schedules::schedule_list;
 
 /// Prints the schedules to stdout.
 pub fn run(config: &Config) -> anyhow::Result<()> {
-    let db = super::connect(config)?;
+    let db = super::connect::connect(config)?;
     let rows = schedule_list(&mut *db.conn()?).context("reading schedules")?;
     if rows.is_empty() {
         println!("no schedules (rows of the schedules table)");

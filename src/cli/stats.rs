@@ -10,7 +10,7 @@ use crate::maintenance::backlog::read_backlog;
 
 /// Prints the snapshot to stdout.
 pub fn run(config: &Config) -> anyhow::Result<()> {
-    let db = super::connect(config)?;
+    let db = super::connect::connect(config)?;
     let s = stats_snapshot(&mut *db.conn()?)
         .map_err(|e| anyhow::anyhow!("reading stats: {}", e.with_hint()))?;
     let backlog = read_backlog(&db, config.worker_dead_after).context("reading the backlog")?;

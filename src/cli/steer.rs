@@ -110,7 +110,7 @@ pub fn run(config: &Config, action: &Action, print_sql: bool) -> anyhow::Result<
         println!("{sql};");
         return Ok(());
     }
-    let db = super::connect(config)?;
+    let db = super::connect::connect(config)?;
     let mut conn = db.conn()?;
     let changed = match action {
         Action::Cancel(ids) | Action::Retry(ids) => {
@@ -209,7 +209,7 @@ fn report_jobs(
 
 /// `queues`: each queue with what waits in it, what runs, and its steering.
 pub fn queues(config: &Config) -> anyhow::Result<()> {
-    let db = super::connect(config)?;
+    let db = super::connect::connect(config)?;
     let rows = queue_rows(&mut *db.conn()?).context("reading queues")?;
     let backlog = read_backlog(&db, config.worker_dead_after).context("reading the backlog")?;
     let mut names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();

@@ -117,7 +117,7 @@ pub fn is_worker_name(name: &str) -> bool {
 }
 
 pub(super) fn database_url(url: &str) -> Result<String, String> {
-    super::DatabaseUrl::parse(url).map(|_| url.to_string())
+    super::database::DatabaseUrl::parse(url).map(|_| url.to_string())
 }
 
 /// A whole number from 1 to 100,000.
