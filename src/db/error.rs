@@ -108,6 +108,7 @@ impl DbError {
     pub fn is_tls_refused(&self) -> bool {
         match self {
             DbError::Mysql(mysql::Error::TlsError(_)) => true,
+            DbError::Mysql(_) if self.is_tls_not_offered() => true,
             DbError::Mysql(e) => tls_error(e).is_some_and(|e| {
                 matches!(
                     e,
@@ -118,7 +119,7 @@ impl DbError {
                         | rustls::Error::AlertReceived(_)
                 )
             }),
-            _ => self.is_tls_not_offered(),
+            _ => false,
         }
     }
 
