@@ -39,7 +39,7 @@ use crate::consumer::canceller::Canceller;
 use crate::consumer::finisher::Finisher;
 use crate::consumer::jobs::{Channels, Consumer, Shared};
 use crate::consumer::starter::Starter;
-use crate::db::error::DbError;
+use crate::db::error::{DbError, ErrorKind};
 use crate::db::owners::job_release_queued;
 use crate::db::retry::Retry;
 use crate::db::workers::worker_remove;
@@ -70,7 +70,10 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum StartError {
     /// The database did not answer within `DB_CONNECT_TIMEOUT`.
-    #[error("database at {url} not reachable within DB_CONNECT_TIMEOUT ({timeout}): {cause}")]
+    #[error(
+        "database at {url} not reachable within DB_CONNECT_TIMEOUT ({timeout}): {}",
+        .cause.with_hint()
+    )]
     Unreachable {
         /// Where it tried, password redacted.
         url: String,
@@ -79,8 +82,9 @@ pub enum StartError {
         /// The last error.
         cause: DbError,
     },
-    /// The schema is missing or outdated, or registering failed.
-    #[error("database at {url}: {cause}")]
+    /// The server refused the connection for good, the schema is missing
+    /// or outdated, or registering failed.
+    #[error("database at {url}: {}", .cause.with_hint())]
     Database {
         /// Where, password redacted.
         url: String,
@@ -253,10 +257,14 @@ impl Service {
         parts
             .db
             .wait_ready(config.db_connect_timeout)
-            .map_err(|cause| StartError::Unreachable {
-                url: url.clone(),
-                timeout: crate::config::show_duration(config.db_connect_timeout),
-                cause,
+            .map_err(|cause| match cause.kind() {
+                // Refused at once: waiting longer would not have helped.
+                ErrorKind::Fatal => db_err(cause),
+                _ => StartError::Unreachable {
+                    url: url.clone(),
+                    timeout: crate::config::show_duration(config.db_connect_timeout),
+                    cause,
+                },
             })?;
         check_schema(&parts.db).map_err(db_err)?;
         // The heartbeat has a connection of its own: tasks that use the
@@ -268,6 +276,15 @@ impl Service {
             Arc::clone(&parts.liveness),
         );
         heartbeat.register_at_start().map_err(db_err)?;
+        // Claims rely on SKIP LOCKED skipping: a server that only accepts
+        // the syntax would have replicas claim the same jobs.
+        if let Err(e) = check_skip_locked(&parts.db, &config.worker_name) {
+            let _ = parts
+                .db
+                .conn()
+                .and_then(|mut conn| worker_remove(&mut conn, &config.worker_name));
+            return Err(db_err(e));
+        }
         // The queues' limits apply from the first claim and start.
         LimitsLoop::new(
             config.as_ref().into(),
@@ -360,7 +377,7 @@ impl Service {
         log::info!(
             "shutdown: put back {} waiting jobs; waiting up to {} for {} running",
             report.released,
-            crate::config::show_duration(deadline.saturating_duration_since(Instant::now())),
+            crate::config::show_rounded(deadline.saturating_duration_since(Instant::now())),
             parts.registry.len()
         );
         (report.interrupted, report.stragglers) = self.drain_consumers(&parts, deadline);
@@ -439,6 +456,14 @@ impl Drop for Service {
 
 /// Fails when the schema is missing or outdated; warns about the indexes
 /// this version replaced, which slow every write.
+/// [`crate::db::probe::skip_locked_check`] on two of the pool's sessions.
+fn check_skip_locked(db: &Db, worker: &str) -> Result<(), DbError> {
+    let (mut holder, mut reader) = (db.conn()?, db.conn()?);
+    crate::db::probe::skip_locked_check(&mut holder, &mut reader, worker)?;
+    log::debug!("checked: SKIP LOCKED skips a row locked by another session");
+    Ok(())
+}
+
 fn check_schema(db: &Db) -> Result<(), DbError> {
     let mut conn = db.conn()?;
     crate::db::migrate::check(&mut conn)?;

@@ -5,7 +5,7 @@
 //! latest jobs whenever it changes, so `DONE!`, `CANCELLED!`, `DONE!` appear
 //! as they happen.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select, tick};
@@ -130,15 +130,24 @@ pub fn seeder(db: Db, stop: Receiver<()>) {
 }
 
 /// Prints the table of the latest `rows` jobs to stdout whenever it
-/// changes, until `stop` closes.
+/// changes, until `stop` closes. On a terminal the table is redrawn in
+/// place (at the top of a cleared screen; log lines show below it until
+/// the next change); elsewhere each version follows the last.
 pub fn printer(db: Db, rows: usize, stop: Receiver<()>) {
     let ticker = tick(PRINT_INTERVAL);
     let mut last = String::new();
+    let in_place = std::io::stdout().is_terminal();
     loop {
         match table(&db, rows) {
             Ok(t) if t != last => {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "\n{t}");
+                // Home the cursor and clear the screen: ANSI, as every
+                // terminal emulator reads it.
+                let _ = if in_place {
+                    writeln!(out, "\x1b[H\x1b[2J{t}")
+                } else {
+                    writeln!(out, "\n{t}")
+                };
                 let _ = out.flush();
                 last = t;
             }

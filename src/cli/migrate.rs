@@ -6,10 +6,10 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::db::DbHealth;
 use crate::db::jobs::job_count_prunable;
 use crate::db::migrate::{MigrateReport, migrate};
-use crate::db::retry::{GaveUp, Retry};
+use crate::db::retry::Retry;
+use crate::db::{DbHealth, ErrorKind};
 
 /// Applies the schema (see [`crate::db::migrate`]); with `drop_replaced`,
 /// also drops the indexes this version replaced.
@@ -17,26 +17,33 @@ pub fn run(config: &Config, drop_replaced: bool) -> anyhow::Result<MigrateReport
     let deadline = Instant::now() + config.db_connect_timeout;
     let url = config.redacted_url();
     let quiet = DbHealth::quiet();
+    let mut told = false;
     let applied = Retry::new("applying the schema", &quiet)
         .give_up_on_fatal()
         .until(deadline)
         .run(|| {
-            migrate(&config.database_url, drop_replaced)
-                .inspect_err(|e| log::debug!("waiting for the database: {e}"))
+            migrate(&config.database_url, drop_replaced).inspect_err(|e| {
+                if e.kind() == ErrorKind::Outage && !told {
+                    told = true;
+                    log::warn!(
+                        "database at {url} not reachable yet ({e}); waiting up to {} for it \
+                         (DB_CONNECT_TIMEOUT)",
+                        crate::config::show_duration(config.db_connect_timeout)
+                    );
+                } else {
+                    log::debug!("waiting for the database: {e}");
+                }
+            })
         });
     let report = match applied {
         Ok(report) => report,
         // A server that answered with an error will not change its mind.
-        Err(GaveUp::Refused(e)) => {
-            return Err(e).with_context(|| format!("applying schema.sql to {url}"));
-        }
         Err(e) => {
-            return Err(e.into_error()).with_context(|| {
-                format!(
-                    "applying schema.sql: database at {url} not reachable within DB_CONNECT_TIMEOUT ({})",
-                    crate::config::show_duration(config.db_connect_timeout)
-                )
-            });
+            return Err(super::connect::refused_or_unreachable(
+                config,
+                &e.into_error(),
+            ))
+            .context("applying schema.sql");
         }
     };
     log::info!("schema applied to {url}: {report}");

@@ -4,6 +4,7 @@
 //! program's top level, and with `main.rs` the only place that uses
 //! `anyhow`.
 
+mod connect;
 mod dashboard;
 mod demo;
 mod migrate;
@@ -154,6 +155,9 @@ fn init_logging(level: LevelFilter) {
         .set_thread_mode(ThreadLogMode::Names)
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
+        // rustls' debug lines are its handshake's internals, in Debug
+        // form; its failures reach the log as the connection's error.
+        .add_filter_ignore_str("rustls")
         .build();
     // Only fails if a logger is already set, which cannot happen here.
     let _ = WriteLogger::init(level, config, std::io::stderr());

@@ -5,14 +5,11 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::db::Db;
 use crate::db::schedules::schedule_list;
 
 /// Prints the schedules to stdout.
 pub fn run(config: &Config) -> anyhow::Result<()> {
-    let db = Db::new(&config.database_url, 1)?;
-    db.wait_ready(config.db_connect_timeout)
-        .with_context(|| format!("connecting to {}", config.redacted_url()))?;
+    let db = super::connect::connect(config)?;
     let rows = schedule_list(&mut *db.conn()?).context("reading schedules")?;
     if rows.is_empty() {
         println!("no schedules (rows of the schedules table)");

@@ -6,7 +6,6 @@
 use anyhow::Context;
 
 use crate::config::{Config, is_name};
-use crate::db::Db;
 use crate::db::steer::{
     FailedFilter, JobState, QueueRow, cancel_sql, job_failed_with_held_keys, job_holding_key,
     job_statuses, pause_sql, queue_rows, resume_sql, retry_failed_sql, retry_sql, steer,
@@ -111,9 +110,7 @@ pub fn run(config: &Config, action: &Action, print_sql: bool) -> anyhow::Result<
         println!("{sql};");
         return Ok(());
     }
-    let db = Db::new(&config.database_url, 1)?;
-    db.wait_ready(config.db_connect_timeout)
-        .with_context(|| format!("connecting to {}", config.redacted_url()))?;
+    let db = super::connect::connect(config)?;
     let mut conn = db.conn()?;
     let changed = match action {
         Action::Cancel(ids) | Action::Retry(ids) => {
@@ -212,9 +209,7 @@ fn report_jobs(
 
 /// `queues`: each queue with what waits in it, what runs, and its steering.
 pub fn queues(config: &Config) -> anyhow::Result<()> {
-    let db = Db::new(&config.database_url, 1)?;
-    db.wait_ready(config.db_connect_timeout)
-        .with_context(|| format!("connecting to {}", config.redacted_url()))?;
+    let db = super::connect::connect(config)?;
     let rows = queue_rows(&mut *db.conn()?).context("reading queues")?;
     let backlog = read_backlog(&db, config.worker_dead_after).context("reading the backlog")?;
     let mut names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();

@@ -12,6 +12,7 @@
 //! this one (`From<&Config>` next to each loop), so what a loop reads is
 //! visible at its constructor.
 
+mod database;
 mod settings;
 mod values;
 pub mod vars;
@@ -23,10 +24,11 @@ use std::time::Duration;
 use log::LevelFilter;
 use thiserror::Error;
 
+pub use database::{DatabaseUrl, SslMode};
 pub use settings::Config;
 pub use values::{
     MAX_DURATION, MAX_NAME_LIST, default_pool_size, host_name, is_name, is_worker_name,
-    min_pool_size, redact_url, show_duration,
+    min_pool_size, redact_url, show_duration, show_rounded,
 };
 pub use vars::{DEFAULT_DATABASE_URL, DEFAULT_METRICS_ADDR, VARS, Var};
 

@@ -12,6 +12,17 @@ pub fn show_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
+/// A measured or computed duration as the logs show it: whole seconds
+/// from a second up (`25s`, not `24s 997ms`), milliseconds below.
+pub fn show_rounded(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        let secs = (d.as_millis() + 500) / 1000;
+        humantime::format_duration(Duration::from_secs(secs as u64)).to_string()
+    } else {
+        show_duration(d)
+    }
+}
+
 /// The fewest connections the service's own threads need from the pool at
 /// once: the jobs publisher holds one, the canceller publisher, the
 /// watcher, the rescuer, the pruner and the shutdown release take one for a
@@ -118,16 +129,7 @@ pub fn is_worker_name(name: &str) -> bool {
 }
 
 pub(super) fn database_url(url: &str) -> Result<String, String> {
-    if !url.starts_with("mysql://") {
-        return Err("a URL like mysql://user:password@host:3306/database".into());
-    }
-    let opts = mysql::Opts::from_url(url).map_err(|e| format!("a valid mysql:// URL ({e})"))?;
-    match opts.get_db_name() {
-        Some(db) if !db.is_empty() => Ok(url.to_string()),
-        _ => {
-            Err("a URL that names a database, like mysql://host:3306/background_processing".into())
-        }
-    }
+    super::database::DatabaseUrl::parse(url).map(|_| url.to_string())
 }
 
 /// A whole number from 1 to 100,000.
@@ -162,7 +164,7 @@ pub(super) fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
         return Ok(None);
     }
     value.trim().parse::<SocketAddr>().map(Some).map_err(|_| {
-        "an IP address and port to listen on, like 0.0.0.0:9090 or 127.0.0.1:9090, \
+        "an IP address and port to listen on, like 0.0.0.0:9090, 127.0.0.1:9090 or [::]:9090, \
          or empty to serve no health and metrics endpoints"
             .into()
     })
@@ -170,7 +172,8 @@ pub(super) fn metrics_addr(value: &str) -> Result<Option<SocketAddr>, String> {
 
 pub(super) fn dashboard_addr(value: &str) -> Result<SocketAddr, String> {
     value.trim().parse::<SocketAddr>().map_err(|_| {
-        "an IP address and port to listen on, like 127.0.0.1:8080 or 0.0.0.0:8080".into()
+        "an IP address and port to listen on, like 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+            .into()
     })
 }
 
@@ -193,5 +196,17 @@ pub(super) fn level(value: &str) -> Result<LevelFilter, String> {
         "debug" => Ok(LevelFilter::Debug),
         "trace" => Ok(LevelFilter::Trace),
         _ => Err("one of error, warn, info, debug, trace".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measured_durations_show_in_whole_seconds() {
+        assert_eq!(show_rounded(Duration::from_millis(24_997)), "25s");
+        assert_eq!(show_rounded(Duration::from_millis(90_400)), "1m 30s");
+        assert_eq!(show_rounded(Duration::from_millis(250)), "250ms");
     }
 }

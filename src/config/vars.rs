@@ -75,7 +75,7 @@ pub const VARS: &[Var] = &[
     Var {
         name: "DATABASE_URL",
         default: DEFAULT_DATABASE_URL,
-        help: "where the jobs table lives",
+        help: "where the jobs table lives; TLS: ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/ca.pem",
         read: Read::Secret,
         set: |c, v| {
             c.database_url = database_url(v)?;

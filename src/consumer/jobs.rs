@@ -286,7 +286,7 @@ impl Consumer {
             Outcome::Retry { reason, delay } => log::info!(
                 "job {} will be retried in {}: {reason}",
                 job.id,
-                crate::config::show_duration(*delay)
+                crate::config::show_rounded(*delay)
             ),
             Outcome::Failed(reason) => log::warn!("job {} failed: {reason}", job.id),
             _ => {}

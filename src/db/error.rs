@@ -22,7 +22,7 @@ pub enum DbError {
     #[error("no database connection: {0}")]
     Pool(r2d2::Error),
     /// The server or the connection failed.
-    #[error("{0}")]
+    #[error("{}", show_mysql(.0))]
     Mysql(mysql::Error),
     /// A row did not have the columns or types the statement expects: the
     /// reply belongs to something else, or the table is not what it should be.
@@ -74,6 +74,9 @@ impl ErrorKind {
 impl DbError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
+        if self.is_tls_refused() {
+            return ErrorKind::Fatal;
+        }
         match self {
             DbError::Mysql(mysql::Error::MySqlError(e)) => code_kind(e.code),
             DbError::Schema(_) | DbError::NameInUse(_) => ErrorKind::Fatal,
@@ -86,6 +89,82 @@ impl DbError {
         match self {
             DbError::Mysql(mysql::Error::MySqlError(e)) => Some(e.code),
             _ => None,
+        }
+    }
+
+    /// The server offers no TLS, and the connection asked for it.
+    pub fn is_tls_not_offered(&self) -> bool {
+        matches!(
+            self,
+            DbError::Mysql(mysql::Error::DriverError(
+                mysql::DriverError::TlsNotSupported
+            ))
+        )
+    }
+
+    /// TLS could not be set up for a reason that will not go away: the
+    /// server offers none, its certificate does not verify, or the two
+    /// sides have nothing in common.
+    pub fn is_tls_refused(&self) -> bool {
+        match self {
+            DbError::Mysql(mysql::Error::TlsError(_)) => true,
+            DbError::Mysql(_) if self.is_tls_not_offered() => true,
+            DbError::Mysql(e) => tls_error(e).is_some_and(|e| {
+                matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::PeerIncompatible(_)
+                        | rustls::Error::NoCertificatesPresented
+                        | rustls::Error::UnsupportedNameType
+                        | rustls::Error::AlertReceived(_)
+                )
+            }),
+            _ => false,
+        }
+    }
+
+    /// What to do about an error that will not fix itself, where the
+    /// server's words do not say it.
+    pub fn hint(&self) -> Option<&'static str> {
+        if self.is_tls_not_offered() {
+            return Some(
+                "the server offers no TLS: configure TLS on it, or lower ssl-mode in \
+                 DATABASE_URL (PREFERRED or DISABLED)",
+            );
+        }
+        if self.is_tls_refused() {
+            return Some(
+                "check ssl-ca in DATABASE_URL: it must hold the CA that signed the server's \
+                 certificate, and with ssl-mode=VERIFY_IDENTITY the certificate must name the \
+                 host in DATABASE_URL",
+            );
+        }
+        match self.code()? {
+            // MariaDB answers a connection without TLS so too when it
+            // requires secure transport.
+            1045 | 1698 => Some(
+                "check the user and password in DATABASE_URL; a server that takes only TLS \
+                 connections refuses one without TLS so too: then add ssl-mode and ssl-ca",
+            ),
+            1044 | 1142 | 1143 => Some(
+                "grant the user in DATABASE_URL the privileges on its database (see README: \
+                 Databases it runs on)",
+            ),
+            1049 | 1146 => Some("create the database or run migrate"),
+            // MySQL's ER_SECURE_TRANSPORT_REQUIRED (MariaDB answers 1045).
+            3159 => Some(
+                "the server requires TLS: add ssl-mode=VERIFY_IDENTITY&ssl-ca=/path/to/ca.pem \
+                 (or ssl-mode=REQUIRED) to DATABASE_URL",
+            ),
+            _ => None,
+        }
+    }
+
+    /// The error and, where there is one, its hint.
+    pub fn with_hint(&self) -> String {
+        match self.hint() {
+            Some(hint) => format!("{self} ({hint})"),
+            None => self.to_string(),
         }
     }
 
@@ -107,6 +186,39 @@ impl DbError {
     }
 }
 
+/// The TLS error inside an I/O error: rustls reports a handshake that
+/// failed (a certificate that does not verify) as the I/O error of the read
+/// or write that drove it, which the driver may report as a packet's.
+fn tls_error(e: &mysql::Error) -> Option<&rustls::Error> {
+    let io = match e {
+        mysql::Error::IoError(io) => io,
+        mysql::Error::CodecError(codec) => {
+            std::error::Error::source(codec)?.downcast_ref::<std::io::Error>()?
+        }
+        _ => return None,
+    };
+    io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// The driver's error in words: its own `Display` wraps each in the name of
+/// its variant (`DriverError { .. }`), which says nothing to an operator.
+fn show_mysql(e: &mysql::Error) -> String {
+    if let Some(tls) = tls_error(e) {
+        return format!("TLS handshake failed: {tls}");
+    }
+    match e {
+        mysql::Error::IoError(e) => e.to_string(),
+        mysql::Error::CodecError(e) => format!("bad packet from the server: {e}"),
+        mysql::Error::MySqlError(e) => e.to_string(),
+        mysql::Error::DriverError(e) => e.to_string(),
+        mysql::Error::UrlError(e) => format!("bad DATABASE_URL: {e}"),
+        mysql::Error::TlsError(e) => format!("TLS: {e}"),
+        mysql::Error::FromValueError(_) | mysql::Error::FromRowError(_) => {
+            "a value of an unexpected type".to_string()
+        }
+    }
+}
+
 /// What an error code the server answered with means. Only an error about
 /// the row's data is [`ErrorKind::BadInput`]; one about the server's or the
 /// cluster's state is an outage or a retry, so it never fails or cancels a
@@ -120,9 +232,11 @@ pub fn code_kind(code: u16) -> ErrorKind {
         // (1062), a foreign key (1451, 1452), a check constraint (3819).
         1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1441 | 1451 | 1452
         | 1690 | 3140 | 3819 | 4025 => ErrorKind::BadInput,
-        // Access denied (1044, 1045, 1142, 1143, 1227), an unknown database
-        // (1049), table (1146) or column (1054): a retry will not help.
-        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 => ErrorKind::Fatal,
+        // Access denied (1044, 1045, 1142, 1143, 1227; 1698: MariaDB's for a
+        // user without a password that may only log in by socket), an unknown database
+        // (1049), table (1146) or column (1054), a server that takes only
+        // TLS connections (MySQL's 3159): a retry will not help.
+        1044 | 1045 | 1049 | 1054 | 1142 | 1143 | 1146 | 1227 | 1698 | 3159 => ErrorKind::Fatal,
         // The server cannot take the statement now: read-only (1290, 1836),
         // a Galera node not synced or a commit the cluster refused (1047,
         // 1180), shutting down (1053), the session killed or interrupted
@@ -179,6 +293,49 @@ mod tests {
             server(9999).kind(),
             ErrorKind::Transient,
             "unknown: retried"
+        );
+    }
+
+    #[test]
+    fn errors_that_will_not_fix_themselves_say_what_to_do() {
+        assert!(
+            server(1045)
+                .with_hint()
+                .contains("check the user and password in DATABASE_URL")
+        );
+        assert!(
+            server(1049)
+                .with_hint()
+                .contains("create the database or run migrate")
+        );
+        assert!(
+            server(1146)
+                .with_hint()
+                .contains("create the database or run migrate")
+        );
+        let no_tls = DbError::Mysql(mysql::Error::DriverError(
+            mysql::DriverError::TlsNotSupported,
+        ));
+        assert_eq!(no_tls.kind(), ErrorKind::Fatal);
+        assert!(
+            no_tls.with_hint().contains("offers no TLS"),
+            "{}",
+            no_tls.with_hint()
+        );
+        assert!(!no_tls.to_string().contains("DriverError"), "{no_tls}");
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_verify_is_fatal_and_named() {
+        let bad = DbError::Mysql(mysql::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )));
+        assert_eq!(bad.kind(), ErrorKind::Fatal);
+        let text = bad.with_hint();
+        assert!(
+            text.contains("UnknownIssuer") && text.contains("ssl-ca"),
+            "{text}"
         );
     }
 

@@ -10,8 +10,6 @@
 //! replicas still claim through them); `migrate --drop-replaced`, once every
 //! replica runs this version, drops them (each index costs every write).
 
-use mysql::{Opts, OptsBuilder};
-
 use super::conn::Connection;
 use super::error::{DbError, DbResult};
 use super::pool::opts_from_url;
@@ -137,24 +135,23 @@ pub fn schema_statements() -> Vec<String> {
 /// `drop_replaced`, also drops the indexes this version replaced.
 pub fn migrate(url: &str, drop_replaced: bool) -> DbResult<MigrateReport> {
     let opts = opts_from_url(url)?;
-    let target: Opts = opts.clone().into();
-    let db_name = target
+    let db_name = opts
+        .opts()
         .get_db_name()
         .ok_or_else(|| DbError::Schema("DATABASE_URL names no database".into()))?
         .to_string();
     let mut report = MigrateReport::default();
-    let mut conn = match Connection::open(opts.clone()) {
+    let mut conn = match opts.open() {
         Ok(conn) => conn,
         Err(e) if e.is_unknown_database() => {
             // ER_BAD_DB_ERROR: connect without a database and create it.
-            let mut server =
-                Connection::open(OptsBuilder::from_opts(target.clone()).db_name(None::<String>))?;
+            let mut server = opts.map(|o| o.db_name(None::<String>)).open()?;
             server.query_drop(format!(
                 "CREATE DATABASE IF NOT EXISTS `{}`",
                 db_name.replace('`', "``")
             ))?;
             report.created_database = true;
-            Connection::open(opts)?
+            opts.open()?
         }
         Err(e) => return Err(e),
     };

@@ -14,7 +14,8 @@
 //!   (`job_claim_many`, `job_cancel`, `worker_heartbeat`): the claim in
 //!   [`claim`], one run's transitions in [`jobs`], everything an owner holds
 //!   in [`owners`], the registry of replicas in [`workers`], `stats` in
-//!   [`stats`], and the schema in [`migrate`].
+//!   [`stats`], and the schema in [`migrate`];
+//! - [`probe`]: the start-up check that `SKIP LOCKED` skips locked rows.
 //!
 //! Every transition of a job is conditional on the state it expects (status
 //! and lease) and returns how many rows it changed, so a replica that no
@@ -29,6 +30,7 @@ pub mod jobs;
 pub mod migrate;
 pub mod owners;
 pub mod pool;
+pub mod probe;
 pub mod queues;
 pub mod retry;
 pub mod row;

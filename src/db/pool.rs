@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use mysql::{Opts, OptsBuilder};
 
 use super::conn::Connection;
-use super::error::{DbError, DbResult};
+use super::error::{DbError, DbResult, ErrorKind};
 use super::health::DbHealth;
 use super::retry::{GaveUp, Retry};
-use crate::config::Config;
+use crate::config::{Config, DatabaseUrl, SslMode};
 use crate::metrics::Metrics;
 
 /// How long a checkout waits for a connection before failing.
@@ -74,29 +74,72 @@ fn lock_waits(statement_timeout: Duration) -> (u64, u64) {
 
 /// Connection options from a URL, with timeouts that turn a vanished server
 /// into an error instead of a hang.
-pub fn opts_from_url(url: &str) -> DbResult<OptsBuilder> {
+pub fn opts_from_url(url: &str) -> DbResult<ConnectOpts> {
     opts_for(&DbConfig::new(url, 1))
 }
 
-/// Connection options for `cfg`.
-pub fn opts_for(cfg: &DbConfig) -> DbResult<OptsBuilder> {
-    let opts =
-        Opts::from_url(&cfg.url).map_err(|e| DbError::Schema(format!("bad DATABASE_URL: {e}")))?;
+/// Connection options for `cfg`: what `DATABASE_URL` says (read by
+/// [`DatabaseUrl`], TLS included), with the service's timeouts and session
+/// settings.
+pub fn opts_for(cfg: &DbConfig) -> DbResult<ConnectOpts> {
+    let url = DatabaseUrl::parse(&cfg.url)
+        .map_err(|expected| DbError::Schema(format!("bad DATABASE_URL: expected {expected}")))?;
     let (row_locks, table_locks) = lock_waits(cfg.statement_timeout);
-    Ok(OptsBuilder::from_opts(opts)
-        .tcp_connect_timeout(Some(Duration::from_secs(2)))
-        .read_timeout(Some(cfg.statement_timeout))
-        .write_timeout(Some(cfg.statement_timeout))
-        .tcp_keepalive_time_ms(Some(10_000))
-        // READ COMMITTED: a claim's locking read then locks the rows it
-        // takes and no gaps, so claims, starts and completions running at
-        // once do not wait for each other. Every transition is a single
-        // conditional statement, which needs nothing stronger.
-        .init(vec![
-            format!("SET SESSION innodb_lock_wait_timeout = {row_locks}"),
-            format!("SET SESSION lock_wait_timeout = {table_locks}"),
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
-        ]))
+    let settings = |opts: OptsBuilder| -> Opts {
+        opts.tcp_connect_timeout(Some(Duration::from_secs(2)))
+            .read_timeout(Some(cfg.statement_timeout))
+            .write_timeout(Some(cfg.statement_timeout))
+            .tcp_keepalive_time_ms(Some(10_000))
+            // READ COMMITTED: a claim's locking read then locks the rows it
+            // takes and no gaps, so claims, starts and completions running at
+            // once do not wait for each other. Every transition is a single
+            // conditional statement, which needs nothing stronger.
+            .init(vec![
+                format!("SET SESSION innodb_lock_wait_timeout = {row_locks}"),
+                format!("SET SESSION lock_wait_timeout = {table_locks}"),
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+            ])
+            .into()
+    };
+    Ok(ConnectOpts {
+        opts: settings(url.opts()),
+        fallback: (url.ssl_mode() == SslMode::Preferred).then(|| settings(url.plain_opts())),
+    })
+}
+
+/// How to open a connection: the options, and for `ssl-mode=PREFERRED`
+/// the plain ones to fall back to when the server offers no TLS.
+#[derive(Debug, Clone)]
+pub struct ConnectOpts {
+    opts: Opts,
+    fallback: Option<Opts>,
+}
+
+impl ConnectOpts {
+    /// Opens a connection.
+    pub fn open(&self) -> DbResult<Connection> {
+        match (Connection::open(self.opts.clone()), &self.fallback) {
+            (Err(e), Some(plain)) if e.is_tls_not_offered() => {
+                log::debug!("the server offers no TLS: connecting without (ssl-mode=PREFERRED)");
+                Connection::open(plain.clone())
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// The same options with `f` applied (to the fallback too).
+    pub fn map(&self, f: impl Fn(OptsBuilder) -> OptsBuilder) -> ConnectOpts {
+        let apply = |o: &Opts| -> Opts { f(OptsBuilder::from_opts(o.clone())).into() };
+        ConnectOpts {
+            opts: apply(&self.opts),
+            fallback: self.fallback.as_ref().map(apply),
+        }
+    }
+
+    /// The options (with TLS, if asked for).
+    pub fn opts(&self) -> &Opts {
+        &self.opts
+    }
 }
 
 /// The r2d2 connection manager.
@@ -107,7 +150,7 @@ pub fn opts_for(cfg: &DbConfig) -> DbResult<OptsBuilder> {
 /// failing statement, and r2d2 validates idle connections on checkout.
 #[derive(Clone, Debug)]
 pub struct Manager {
-    opts: Opts,
+    opts: ConnectOpts,
     /// Server sessions of connections dropped as broken, to be killed.
     abandoned: Arc<Abandoned>,
 }
@@ -117,7 +160,7 @@ impl r2d2::ManageConnection for Manager {
     type Error = DbError;
 
     fn connect(&self) -> Result<Connection, DbError> {
-        Connection::open(self.opts.clone())
+        self.opts.open()
     }
 
     fn is_valid(&self, conn: &mut Connection) -> Result<(), DbError> {
@@ -210,6 +253,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// The pool every thread takes its connections from.
 #[derive(Clone)]
 pub struct Db {
+    /// `DATABASE_URL`, password redacted, for messages.
+    url: Arc<str>,
     pool: r2d2::Pool<Manager>,
     manager: Manager,
     health: Arc<DbHealth>,
@@ -230,10 +275,11 @@ impl Db {
     /// A pool for `cfg`, counting database failures into `metrics`.
     pub fn connect(cfg: &DbConfig, metrics: Arc<Metrics>) -> DbResult<Db> {
         let manager = Manager {
-            opts: opts_for(cfg)?.into(),
+            opts: opts_for(cfg)?,
             abandoned: Arc::default(),
         };
         Ok(Db {
+            url: crate::config::redact_url(&cfg.url).into(),
             pool: pool(manager.clone(), cfg.pool_size),
             manager,
             health: Arc::new(DbHealth::new(Arc::clone(&metrics))),
@@ -253,12 +299,10 @@ impl Db {
     /// write that meets a locked row fails at once, and is done again
     /// skipping locked rows ([`crate::db::jobs::Locks`]).
     pub fn dedicated_without_lock_waits(&self) -> Db {
-        let mut init = self.manager.opts.get_init();
+        let mut init = self.manager.opts.opts().get_init();
         init.push("SET SESSION innodb_lock_wait_timeout = 0".to_string());
         let manager = Manager {
-            opts: OptsBuilder::from_opts(self.manager.opts.clone())
-                .init(init)
-                .into(),
+            opts: self.manager.opts.map(|o| o.init(init.clone())),
             abandoned: Arc::clone(&self.manager.abandoned),
         };
         self.dedicated_with(manager)
@@ -266,6 +310,7 @@ impl Db {
 
     fn dedicated_with(&self, manager: Manager) -> Db {
         Db {
+            url: Arc::clone(&self.url),
             pool: pool(manager.clone(), 1),
             manager,
             health: Arc::clone(&self.health),
@@ -295,22 +340,37 @@ impl Db {
 
     /// Waits until the database answers, for at most `timeout`. Returns the
     /// last error when it never did, or at once the error of a server that
-    /// refused the connection for a reason that will not go away.
+    /// refused the connection for a reason that will not go away (a wrong
+    /// password, an unknown database, TLS that does not verify). The first
+    /// failure to reach it is logged at once, saying how long it waits.
     pub fn wait_ready(&self, timeout: Duration) -> DbResult<()> {
         let deadline = Instant::now() + timeout;
         // Start-up has its own message for a server that never answered:
         // the failures on the way are not an outage of a running service.
         let quiet = DbHealth::quiet();
+        let mut told = false;
         let attempt = || {
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.pool
-                .get_timeout(left.clamp(Duration::from_millis(100), Duration::from_secs(5)))
-                .map_err(DbError::from)
-                .and_then(|mut conn| {
-                    self.manager.abandoned.reap(&mut conn)?;
-                    conn.query_drop("SELECT 1")
-                })
-                .inspect_err(|e| log::debug!("database not ready yet: {e}"))
+            // A connection of its own rather than a checkout: the pool
+            // reports a failed connect only as text, in which an access
+            // denied cannot be told from a server that is away.
+            let result = self.manager.opts.open().and_then(|mut conn| {
+                self.manager.abandoned.reap(&mut conn)?;
+                conn.query_drop("SELECT 1")
+            });
+            match &result {
+                Err(e) if e.kind() == ErrorKind::Outage && !told => {
+                    told = true;
+                    log::warn!(
+                        "database at {} not reachable yet ({e}); waiting up to {} for it \
+                         (DB_CONNECT_TIMEOUT)",
+                        self.url,
+                        crate::config::show_duration(timeout)
+                    );
+                }
+                Err(e) => log::debug!("database not ready yet: {e}"),
+                Ok(()) => {}
+            }
+            result
         };
         Retry::new("waiting for the database", &quiet)
             .give_up_on_fatal()

@@ -10,7 +10,8 @@ pub struct Snapshot {
     /// Row counts by status; `None` is a new row. Statuses the service does
     /// not know (a client's own markers) appear as they are.
     pub by_status: Vec<(Option<String>, u64)>,
-    /// Id and age in seconds of the oldest job waiting to be claimed.
+    /// Id and age in seconds (since it fell due) of the oldest new job that
+    /// is due: scheduled ones wait by design.
     pub oldest_waiting: Option<(u64, f64)>,
     /// Jobs that reached each final status in the last minute.
     pub last_minute: Vec<(String, u64)>,
@@ -35,8 +36,8 @@ pub fn stats_snapshot(conn: &mut Connection) -> DbResult<Snapshot> {
         "SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status",
     )?;
     let oldest_waiting: Vec<(u64, f64)> = conn.query_rows(
-        "SELECT id, TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS age_us FROM jobs \
-         WHERE is_new = 1 ORDER BY id LIMIT 1",
+        "SELECT id, TIMESTAMPDIFF(MICROSECOND, COALESCE(run_at, created_at), NOW(6)) AS age_us \
+         FROM jobs WHERE is_new = 1 AND (run_at IS NULL OR run_at <= NOW(6)) ORDER BY id LIMIT 1",
         |mut row| {
             Ok((
                 col(&mut row, "id")?,

@@ -81,7 +81,10 @@ impl Rescuer {
     fn steady(&self) -> bool {
         let steady = self.liveness.steady_for(self.cfg.interval);
         if steady < self.cfg.dead_after {
-            log::debug!("rescuer: own heartbeat steady for {steady:?} only; judging no one yet");
+            log::debug!(
+                "rescuer: own heartbeat steady for {} only; judging no one yet",
+                crate::config::show_rounded(steady)
+            );
             return false;
         }
         true

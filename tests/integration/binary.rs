@@ -821,6 +821,33 @@ fn stats_prints_counts_by_status() {
 }
 
 #[test]
+fn stats_shows_jobs_scheduled_for_later_apart_from_those_due() {
+    let db = TestDb::new("stats_scheduled");
+    db.exec("INSERT INTO jobs (object_id, sleep) VALUES (1, 0), (2, 0)");
+    db.exec(
+        "INSERT INTO jobs (object_id, sleep, run_at) VALUES \
+         (3, 0, NOW(6) + INTERVAL 1 DAY), (4, 0, NOW(6) + INTERVAL 1 DAY), \
+         (5, 0, NOW(6) + INTERVAL 1 DAY)",
+    );
+    let out = run_cmd(&["stats"], &service_env(db.url(), &[]), secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("NULL (new)   5 (2 due now, 3 scheduled for later)"),
+        "{}",
+        out.describe()
+    );
+    // The oldest job due is the oldest of those due, not a scheduled one.
+    let first_due: u64 = db.scalar("SELECT MIN(id) FROM jobs WHERE run_at IS NULL");
+    assert!(
+        out.stdout
+            .contains(&format!("oldest job due now: id {first_due},")),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn demo_shows_done_and_cancelled_then_stops_on_sigterm() {
     let db = TestDb::new("demo");
     let mut svc = Service::demo(&db, &[("JOB_TIMEOUT", "2s"), ("SHUTDOWN_TIMEOUT", "3s")]);

@@ -5,6 +5,7 @@
 mod audit;
 mod binary;
 mod dashboard;
+mod databases;
 mod faults;
 mod fleet;
 mod http;
