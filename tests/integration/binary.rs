@@ -671,7 +671,7 @@ const DEFAULTS: &[(&str, Option<&str>)] = &[
     ("JOBS_POLL_INTERVAL", Some("2s")),
     ("CANCELLER_POLL_INTERVAL", Some("2s")),
     ("JOB_TIMEOUT", Some("10s")),
-    ("JOB_CONSUMERS", Some("8")),
+    ("JOB_CONSUMERS", Some("32")),
     ("CANCELLER_CONSUMERS", Some("2")),
     ("RATE_LIMIT", Some("50")),
     ("CHANNEL_CAPACITY", Some("100")),
