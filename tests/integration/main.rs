@@ -7,6 +7,7 @@ mod binary;
 mod dashboard;
 mod faults;
 mod fleet;
+mod galera;
 mod http;
 mod kinds;
 mod library;
