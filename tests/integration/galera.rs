@@ -185,6 +185,20 @@ fn galera_two_replicas_on_two_nodes_then_a_node_killed_lose_nothing() {
         );
         assert_eq!(counter(addr, "jobs_failed"), 0, "{name}: {}", svc.logs());
         assert_eq!(counter(addr, "jobs_cancelled"), 0, "{name}: {}", svc.logs());
+        // A claim that lost its certification was rolled back: nothing to
+        // put back, and putting "it" back would take the rows from the
+        // replica whose claim won, under the same lease.
+        let log = svc.stderr();
+        let settled: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("settled a claim whose commit failed"))
+            .collect();
+        assert!(
+            settled.is_empty(),
+            "{name} settled claims in doubt without any outage:\n{}",
+            settled.join("\n")
+        );
+        assert_eq!(counter(addr, "jobs_lost"), 0, "{name}: {}", svc.logs());
     }
 
     // Part two: node 1, replica A's, is killed while A is busy.
