@@ -13,10 +13,11 @@
 //! created once and replicated to every node, records every status change
 //! wherever it was made); the certification conflicts between the two
 //! nodes' claims (error 1213) retried and counted, never logged as
-//! warnings; and after node 1 dies, replica A working again through node 3
-//! with nothing lost: no job failed or cancelled. The figures (jobs per
-//! second, conflicts, the time from the kill to replica A's next finished
-//! job) are printed.
+//! warnings; while node 2 is cut off from the others (and answers 1047),
+//! replica B waiting it out; and after node 1 dies, replica A working again
+//! through node 3. Nothing is lost: no job failed or cancelled. The figures
+//! (jobs per second, conflicts, the time from the kill to replica A's next
+//! finished job) are printed.
 //!
 //! Needs Debian's `galera-4`, `rsync` and `iproute2` (`.ci/run` installs
 //! them); without them the test fails saying what to install.
@@ -35,7 +36,11 @@ use std::time::Instant;
 /// Jobs of the first part: no-op jobs, as many as the two replicas take.
 const JOBS: usize = 5000;
 
-/// Jobs of the second part, during which node 1 is killed: short ones, so
+/// Jobs of the second part, during which node 2 is cut off from the
+/// others: short ones, so that replica B is busy when it happens.
+const CUT_JOBS: usize = 2000;
+
+/// Jobs of the third part, during which node 1 is killed: short ones, so
 /// that replica A has some running, some claimed and some finishing when
 /// its node dies.
 const KILL_JOBS: usize = 3000;
@@ -201,18 +206,112 @@ fn galera_two_replicas_on_two_nodes_then_a_node_killed_lose_nothing() {
         assert_eq!(counter(addr, "jobs_lost"), 0, "{name}: {}", svc.logs());
     }
 
-    // Part two: node 1, replica A's, is killed while A is busy.
-    let kill_ids = insert_many(&db, KILL_JOBS, 2 * MS);
-    let (first, last) = (kill_ids[0], kill_ids[KILL_JOBS - 1]);
+    // Part two: node 2, replica B's, cut off from the others for a moment
+    // (`gmcast.isolate`): alone it is no longer the primary component, so
+    // it answers 1047 while the other two carry on. B's proxy still
+    // reaches node 2, so B waits it out until node 2 is back in the
+    // cluster; nothing of B's is failed, cancelled or taken from it.
+    let cut_ids = insert_many(&db, CUT_JOBS, 2 * MS);
+    let (first, last) = (cut_ids[0], cut_ids[CUT_JOBS - 1]);
     let of_part_two = format!("id BETWEEN {first} AND {last}");
     wait_running(
         &db,
         &mut [&mut a, &mut b],
         secs(60),
-        "replica A busy with the second part's jobs",
+        "replica B busy with the second part's jobs",
         |_| {
             db.count(&format!(
-                "{of_part_two} AND owner = 'replica-a' AND status = 'DONE!'"
+                "{of_part_two} AND owner = 'replica-b' AND status = 'DONE!'"
+            )) >= 100
+        },
+        String::new,
+    );
+    let isolate = |on: u8| {
+        cluster.node(1).exec(&format!(
+            "SET GLOBAL wsrep_provider_options = 'gmcast.isolate={on}'"
+        ))
+    };
+    let outages_before = b.stderr().matches("database unavailable").count();
+    isolate(1);
+    let cut = Instant::now();
+    wait_running(
+        &db,
+        &mut [&mut a, &mut b],
+        secs(30),
+        "node 2 out of the primary component, and replica B waiting for it",
+        |s| {
+            cluster.status_text(1, "wsrep_cluster_status").as_deref() == Some("non-Primary")
+                && s[1].stderr().matches("database unavailable").count() > outages_before
+        },
+        || {
+            format!(
+                "node 2's error log:\n{}",
+                tail(&cluster.node(1).error_log(), 20)
+            )
+        },
+    );
+    let refused_after = cut.elapsed();
+    // What node 2 answers now, as B's statements get it.
+    let refusal = cluster
+        .node(1)
+        .admin()
+        .query_drop(format!("SELECT COUNT(*) FROM `{}`.jobs", db.name()))
+        .expect_err("a node outside the primary component refuses statements");
+    isolate(0);
+    cluster.wait_synced(1, 3, secs(60));
+    let rejoined_after = cut.elapsed();
+    // B is working again when it says the database is back and the jobs it
+    // held through the cut (claimed, running, finished) are all written:
+    // A may have done the rest of the part's jobs meanwhile.
+    let backs_before = b.stderr().matches("database is back").count();
+    wait_running(
+        &db,
+        &mut [&mut a, &mut b],
+        secs(30),
+        "replica B working again once node 2 is back",
+        |s| {
+            s[1].stderr().matches("database is back").count() > backs_before
+                && db.count("owner = 'replica-b' AND status IN ('QUEUED!', 'STARTED!')") == 0
+        },
+        String::new,
+    );
+    let working_after = cut.elapsed();
+    wait_running(
+        &db,
+        &mut [&mut a, &mut b],
+        secs(60),
+        "every job of the second part DONE!",
+        |_| all_final(&db),
+        String::new,
+    );
+    eprintln!(
+        "galera: node 2 cut off: out of the primary component and replica B waiting after \
+         {refused_after:.1?} (node 2 answering {refusal}), node 2 synced again after \
+         {rejoined_after:.1?}, B working again after {working_after:.1?}; B said: {:?}",
+        b.stderr()
+            .lines()
+            .filter(|l| l.contains("database unavailable") || l.contains("database is back"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        db.count(&format!("{of_part_two} AND status <> 'DONE!'")),
+        0,
+        "every job of the second part DONE!: {}",
+        counts(&db)
+    );
+
+    // Part three: node 1, replica A's, is killed while A is busy.
+    let kill_ids = insert_many(&db, KILL_JOBS, 2 * MS);
+    let (first, last) = (kill_ids[0], kill_ids[KILL_JOBS - 1]);
+    let of_part_three = format!("id BETWEEN {first} AND {last}");
+    wait_running(
+        &db,
+        &mut [&mut a, &mut b],
+        secs(60),
+        "replica A busy with the third part's jobs",
+        |_| {
+            db.count(&format!(
+                "{of_part_three} AND owner = 'replica-a' AND status = 'DONE!'"
             )) >= 200
         },
         String::new,
@@ -222,7 +321,7 @@ fn galera_two_replicas_on_two_nodes_then_a_node_killed_lose_nothing() {
     cluster.node_mut(0).kill();
     let done_by_a_after_kill = || {
         db.count(&format!(
-            "{of_part_two} AND owner = 'replica-a' AND status = 'DONE!' \
+            "{of_part_three} AND owner = 'replica-a' AND status = 'DONE!' \
              AND finished_at > '{killed_at}'"
         ))
     };
@@ -245,14 +344,14 @@ fn galera_two_replicas_on_two_nodes_then_a_node_killed_lose_nothing() {
     // evs.suspect_timeout, 5 s by default), which is what the test saw.
     let first_done_after: f64 = db.scalar::<i64>(&format!(
         "SELECT TIMESTAMPDIFF(MICROSECOND, '{killed_at}', MIN(finished_at)) FROM jobs \
-         WHERE {of_part_two} AND owner = 'replica-a' AND finished_at > '{killed_at}'"
+         WHERE {of_part_three} AND owner = 'replica-a' AND finished_at > '{killed_at}'"
     )) as f64
         / 1e6;
     wait_running(
         &db,
         &mut [&mut a, &mut b],
         secs(60),
-        "every job of the second part DONE!",
+        "every job of the third part DONE!",
         |_| all_final(&db),
         String::new,
     );
@@ -274,7 +373,7 @@ fn galera_two_replicas_on_two_nodes_then_a_node_killed_lose_nothing() {
     );
 
     // Nothing lost, nothing run twice, nothing failed or cancelled.
-    let total = (JOBS + KILL_JOBS) as u64;
+    let total = (JOBS + CUT_JOBS + KILL_JOBS) as u64;
     assert_eq!(
         db.count_status(DONE),
         total,
@@ -282,7 +381,7 @@ fn galera_two_replicas_on_two_nodes_then_a_node_killed_lose_nothing() {
         counts(&db)
     );
     let h = assert_audit_sound(&db);
-    for id in &kill_ids {
+    for id in cut_ids.iter().chain(&kill_ids) {
         assert_eq!(
             starts(&h, *id).len(),
             1,

@@ -466,8 +466,8 @@ impl GaleraCluster {
         }
     }
 
-    /// `SHOW STATUS` value `var` of node `i` (0 when it cannot be read).
-    pub fn status(&self, i: usize, var: &str) -> u64 {
+    /// `SHOW STATUS` value `var` of node `i`, if it can be read.
+    pub fn status_text(&self, i: usize, var: &str) -> Option<String> {
         self.nodes[i]
             .admin_opt()
             .and_then(|mut c| {
@@ -475,7 +475,13 @@ impl GaleraCluster {
                     .ok()
                     .flatten()
             })
-            .and_then(|(_, v)| v.parse().ok())
+            .map(|(_, v)| v)
+    }
+
+    /// `SHOW STATUS` counter `var` of node `i` (0 when it cannot be read).
+    pub fn status(&self, i: usize, var: &str) -> u64 {
+        self.status_text(i, var)
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
 }
