@@ -3,8 +3,8 @@
 //! histograms `/metrics` shows.
 //!
 //! A counter is added to where the thing it counts happens; nothing else
-//! keeps a count of its own. Database failures and outages are counted here
-//! too (by [`crate::db::DbHealth`]).
+//! keeps a count of its own. Database failures, conflicts and outages are
+//! counted here too (by [`crate::db::DbHealth`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,6 +45,9 @@ pub enum Counter {
     DbErrors,
     /// Times the database became unreachable.
     DbOutages,
+    /// Transactions the server rolled back for a conflict (a deadlock, or a
+    /// Galera certification conflict with another node's commit), retried.
+    DbConflicts,
 }
 
 /// One row of the counter table.
@@ -167,6 +170,14 @@ pub const COUNTERS: &[CounterInfo] = &[
         help: "Times the database went away; each ended with a reconnect, or is still open",
         minute: None,
         total: None,
+    },
+    CounterInfo {
+        counter: Counter::DbConflicts,
+        name: "database_conflicts_retried",
+        help: "Transactions rolled back whole for a conflict (error 1213: a deadlock, or a Galera \
+               certification conflict with another node's commit) and retried",
+        minute: None,
+        total: Some("conflicts retried"),
     },
 ];
 

@@ -306,7 +306,10 @@ mod tests {
         let c = config(&[("JOB_CONSUMERS", "20"), ("CANCELLER_CONSUMERS", "4")]).unwrap();
         assert_eq!(c.db_pool_size, 32);
         let c = config(&[("CANCELLER_CONSUMERS", "40")]).unwrap();
-        assert_eq!(c.db_pool_size, 46, "never fewer than the service's own threads need");
+        assert_eq!(
+            c.db_pool_size, 46,
+            "never fewer than the service's own threads need"
+        );
         let c = config(&[("DB_POOL_SIZE", "80")]).unwrap();
         assert_eq!(c.db_pool_size, 80);
     }

@@ -172,7 +172,7 @@ fn write_single(conn: &mut Connection, scope: &Scope, f: &Finish, locks: Locks) 
         Outcome::Rejected(_) => job_fail(conn, f.run, &failure(status::QUEUED), locks),
         Outcome::Cancelled(reason) => job_cancel(conn, f.run, reason, &scope.canceller(), locks),
         // Rare: no locks skipped.
-        Outcome::Released => Ok(job_release_claims(conn, &[f.run])? == 1),
+        Outcome::Released => Ok(job_release_claims(conn, &scope.worker, &[f.run])? == 1),
         Outcome::CancelledUnstarted(reason) => job_cancel_unstarted(conn, f.run, reason),
     }
 }

@@ -217,6 +217,12 @@ pub fn job_claim_many(conn: &mut Connection, claim: &Claim) -> Result<Vec<Job>, 
     };
     match conn.query_drop("COMMIT") {
         Ok(()) => Ok(jobs),
+        // Rolled back whole (on Galera: another node's claim of some of
+        // these rows was certified first): nothing landed, nothing to
+        // settle. Releasing these runs would even be wrong: the rows may
+        // now be the other replica's claim, under the very lease this one
+        // computed.
+        Err(error) if error.is_conflict() => Err(error.into()),
         Err(error) => Err(ClaimFailed {
             error,
             in_doubt: jobs,
@@ -345,15 +351,18 @@ fn claimed_job(row: &mut Row) -> DbResult<Job> {
     })
 }
 
-/// Puts claims back to new if they are still `QUEUED!` under their lease:
-/// settles a claim whose commit failed. Returns how many went back.
-pub fn job_release_claims(conn: &mut Connection, claims: &[Run]) -> DbResult<u64> {
+/// Puts claims of `owner` back to new if they are still `QUEUED!` under
+/// their lease and owner: settles a claim whose commit failed. The owner
+/// matters there: a claim that did not land left the row's lease as it was,
+/// so another replica's claim of the row since computed the same lease.
+/// Returns how many went back.
+pub fn job_release_claims(conn: &mut Connection, owner: &str, claims: &[Run]) -> DbResult<u64> {
     let mut released = 0;
     for run in claims {
         conn.exec_drop(
             "UPDATE jobs SET status = NULL, queued_at = NULL, owner = NULL \
-             WHERE id = :id AND lease = :lease AND status = 'QUEUED!'",
-            params! { "id" => run.id, "lease" => run.lease },
+             WHERE id = :id AND lease = :lease AND status = 'QUEUED!' AND owner = :owner",
+            params! { "id" => run.id, "lease" => run.lease, owner },
         )?;
         released += conn.affected_rows();
     }

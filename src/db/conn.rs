@@ -120,10 +120,12 @@ impl Connection {
 
     /// Commits the transaction. If this fails, the transaction may or may
     /// not have landed: the caller settles that (on another connection; this
-    /// one is broken).
+    /// one is broken). A conflict is the exception: the server rolled the
+    /// transaction back ([`DbError::is_conflict`]), so nothing landed and
+    /// the connection is fine.
     pub fn commit(&mut self) -> DbResult<()> {
         let result = self.query_drop("COMMIT");
-        if result.is_ok() {
+        if result.as_ref().is_ok() || result.as_ref().is_err_and(DbError::is_conflict) {
             self.in_transaction = false;
         }
         result

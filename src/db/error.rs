@@ -180,6 +180,14 @@ impl DbError {
         matches!(self.code(), Some(1060 | 1061 | 1091))
     }
 
+    /// A deadlock, or on Galera a certification conflict with a transaction
+    /// another node committed first (1213). Either way the server rolled the
+    /// whole transaction back, so nothing of it landed, even when this was
+    /// the answer to its `COMMIT`: it is retried, not settled as in doubt.
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(1213)
+    }
+
     /// The server answered with an error (it is reachable).
     pub fn is_server_error(&self) -> bool {
         self.kind() != ErrorKind::Outage
@@ -245,7 +253,8 @@ pub fn code_kind(code: u16) -> ErrorKind {
         1040 | 1047 | 1053 | 1152 | 1158..=1161 | 1180 | 1203 | 1290 | 1317 | 1836 | 1927 => {
             ErrorKind::Outage
         }
-        // Lock wait timeout, deadlock (Galera's certification conflicts too),
+        // Lock wait timeout, deadlock (Galera's certification conflicts too,
+        // at any statement or at COMMIT; see DbError::is_conflict),
         // too many prepared statements or transactions, and anything else.
         _ => ErrorKind::Transient,
     }

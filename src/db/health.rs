@@ -2,8 +2,8 @@
 //!
 //! All threads share one [`DbHealth`], which turns their failures into one
 //! warning when the database goes away and one info line when it is back,
-//! instead of a line per retry per thread. Failures and outages are counted
-//! in the process's [`Metrics`].
+//! instead of a line per retry per thread. Failures, conflicts and outages
+//! are counted in the process's [`Metrics`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,8 +50,18 @@ impl DbHealth {
 
     /// Records a failed database call by `what` (an operation, like
     /// "claiming jobs"). An outage logs a warning only when it opens; an
-    /// error the server answered with is logged as is.
+    /// error the server answered with is logged as is; a conflict (a
+    /// deadlock, or a Galera certification conflict) is counted apart and
+    /// logged only at debug level: on a cluster it is part of normal work,
+    /// and its transaction was rolled back whole, ready to be retried.
     pub fn failed(&self, what: &str, err: &DbError) {
+        if err.is_conflict() {
+            self.metrics.add(Counter::DbConflicts, 1);
+            if !self.quiet {
+                log::debug!("{what}: {err}; rolled back, retrying");
+            }
+            return;
+        }
         self.metrics.add(Counter::DbErrors, 1);
         if err.kind() == ErrorKind::Fatal {
             *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
@@ -130,6 +140,11 @@ impl DbHealth {
         self.metrics.get(Counter::DbErrors)
     }
 
+    /// Conflicts so far (each rolled back and retried).
+    pub fn conflicts(&self) -> u64 {
+        self.metrics.get(Counter::DbConflicts)
+    }
+
     /// Outages so far.
     pub fn episodes(&self) -> u64 {
         self.metrics.get(Counter::DbOutages)
@@ -168,6 +183,22 @@ mod tests {
         assert!(!health.is_down());
         assert_eq!(health.episodes(), 1);
         assert_eq!(health.failures(), 100);
+    }
+
+    #[test]
+    fn a_conflict_is_counted_apart_and_is_no_failure() {
+        let health = DbHealth::default();
+        let conflict = DbError::Mysql(mysql::Error::MySqlError(mysql::MySqlError {
+            state: "40001".into(),
+            message: "Deadlock found when trying to get lock; try restarting transaction".into(),
+            code: 1213,
+        }));
+        health.failed("claiming jobs", &conflict);
+        health.failed("starting jobs", &conflict);
+        assert_eq!(health.conflicts(), 2);
+        assert_eq!(health.failures(), 0, "not counted as a failed call");
+        assert!(!health.is_down());
+        assert_eq!(health.refusal(), None);
     }
 
     #[test]

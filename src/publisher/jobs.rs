@@ -193,7 +193,7 @@ impl JobsPublisher {
         } = state;
         held.run(|conn| {
             if !in_doubt.is_empty() {
-                let released = job_release_claims(conn, in_doubt)?;
+                let released = job_release_claims(conn, &self.cfg.worker, in_doubt)?;
                 log::info!("settled a claim whose commit failed: {released} jobs put back");
                 self.db.metrics().add(Counter::Released, released);
                 in_doubt.clear();

@@ -45,7 +45,7 @@ fn must_get(addr: SocketAddr, path: &str) -> Answer {
 }
 
 /// The value of the sample `name` (no labels) in a Prometheus text body.
-fn sample(body: &str, name: &str) -> Option<f64> {
+pub fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())

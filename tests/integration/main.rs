@@ -8,6 +8,7 @@ mod dashboard;
 mod databases;
 mod faults;
 mod fleet;
+mod galera;
 mod http;
 mod kinds;
 mod library;

@@ -5,6 +5,11 @@
 //!
 //! Needs Debian's `mariadb-server` (for `mariadbd` and `mariadb-install-db`);
 //! `.ci/run` installs it through `scripts/mariadb`.
+//!
+//! [`GaleraCluster`] starts several of them as the nodes of one MariaDB
+//! Galera cluster on this machine (each its own datadir, client port,
+//! socket, Galera, IST and SST ports); that needs Debian's `galera-4` and
+//! `rsync` too (and `ss`, from `iproute2`), which `.ci/run` installs.
 
 #![allow(dead_code)]
 
@@ -35,6 +40,8 @@ pub struct PrivateServer {
     dir: PathBuf,
     port: u16,
     args: Vec<String>,
+    /// The account the server runs as (`--user`).
+    user: String,
     child: Option<Child>,
 }
 
@@ -42,29 +49,53 @@ impl PrivateServer {
     /// Initialises a datadir and starts `mariadbd` on a free port, with
     /// `extra` server options; returns once it accepts connections.
     pub fn start(name: &str, extra: &[String]) -> PrivateServer {
+        let mut server = PrivateServer::prepare(name, extra, Datadir::Installed, "root");
+        server.launch();
+        server
+    }
+
+    /// A server not started yet: its directory, its port, its datadir
+    /// (initialised, or left empty for a Galera node that receives its
+    /// data by state transfer), run as `user` when the tests run as root
+    /// (the directory is then that account's).
+    fn prepare(name: &str, extra: &[String], datadir: Datadir, user: &str) -> PrivateServer {
         let dir = std::env::temp_dir().join(format!(
             "bp-mariadb-{name}-{}-{}",
             std::process::id(),
             free_port()
         ));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        install(&dir);
-        let mut server = PrivateServer {
+        fs::create_dir_all(dir.join("data"))
+            .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let user = if is_root() { user } else { "" };
+        if datadir == Datadir::Installed {
+            install(&dir, user);
+        }
+        if !user.is_empty() && user != "root" {
+            chown_all(&dir, user);
+        }
+        PrivateServer {
             port: free_port(),
             dir,
             args: extra.to_vec(),
+            user: user.to_string(),
             child: None,
-        };
-        server.launch();
-        server
+        }
     }
 
-    /// Starts the server process on the existing datadir.
+    /// Starts the server process on the existing datadir; returns once it
+    /// accepts connections.
     pub fn launch(&mut self) {
+        self.spawn();
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Starts the server process, without waiting for it.
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let d = &self.dir;
         let log = fs::File::create(d.join("mariadbd.out")).expect("server log");
+        let user = (!self.user.is_empty()).then(|| format!("--user={}", self.user));
         let child = Command::new(MARIADBD)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", d.join("data").display()))
@@ -72,9 +103,9 @@ impl PrivateServer {
             .arg(format!("--socket={}", d.join("mysqld.sock").display()))
             .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", d.join("error.log").display()))
+            .args(user)
             .args([
                 "--bind-address=127.0.0.1",
-                "--user=root",
                 "--skip-log-bin",
                 "--innodb-buffer-pool-size=32M",
                 "--max-connections=200",
@@ -88,7 +119,6 @@ impl PrivateServer {
                 panic!("cannot start {MARIADBD} (install Debian's mariadb-server): {e}")
             });
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(60));
     }
 
     fn wait_ready(&mut self, within: Duration) {
@@ -143,6 +173,11 @@ impl PrivateServer {
         let url = format!("mysql://root@127.0.0.1:{}/?prefer_socket=false", self.port);
         OptsBuilder::from_opts(Opts::from_url(&url).expect("private server URL"))
             .tcp_connect_timeout(Some(Duration::from_secs(2)))
+    }
+
+    /// A root connection, if the server takes one.
+    pub fn admin_opt(&self) -> Option<Conn> {
+        Conn::new(self.opts()).ok()
     }
 
     /// A root connection.
@@ -201,16 +236,53 @@ impl Drop for PrivateServer {
     }
 }
 
-/// A fresh datadir under `dir/data`, root without a password.
-fn install(dir: &Path) {
+/// What a new server's datadir starts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Datadir {
+    /// Initialised by `mariadb-install-db`.
+    Installed,
+    /// Empty: a Galera joiner gets it from a donor.
+    Empty,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Gives `dir` and everything under it to `user` (and its group).
+fn chown_all(dir: &Path, user: &str) {
+    let name = std::ffi::CString::new(user).expect("user name");
+    // SAFETY: getpwnam(3) with a valid C string; the record is read at
+    // once, before any other call could reuse it.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(
+            !pw.is_null(),
+            "no account {user:?} to run mariadbd as (Debian's mariadb-server creates `mysql`)"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    fn walk(path: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+        if path.is_dir() {
+            for entry in fs::read_dir(path).expect("read dir") {
+                walk(&entry.expect("dir entry").path(), uid, gid);
+            }
+        }
+    }
+    walk(dir, uid, gid);
+}
+
+/// A fresh datadir under `dir/data`, root without a password, its files
+/// `user`'s (empty: the current user's).
+fn install(dir: &Path, user: &str) {
     let out = Command::new("mariadb-install-db")
         .arg("--no-defaults")
         .arg(format!("--datadir={}", dir.join("data").display()))
-        .args([
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-            "--user=root",
-        ])
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .args((!user.is_empty()).then(|| format!("--user={user}")))
         .output()
         .unwrap_or_else(|e| panic!("cannot run mariadb-install-db (install mariadb-server): {e}"));
     assert!(
@@ -219,4 +291,197 @@ fn install(dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------
+// A Galera cluster of private servers
+// ---------------------------------------------------------------------------
+
+/// Where Debian's `galera-4` puts the provider.
+pub const GALERA_PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
+
+/// What a Galera cluster on this machine needs and is missing: `None` when
+/// nothing is.
+pub fn galera_missing() -> Option<String> {
+    let on_path = |cmd: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(cmd).is_file()))
+    };
+    let mut missing = Vec::new();
+    if !Path::new(GALERA_PROVIDER).is_file() {
+        missing.push(format!("{GALERA_PROVIDER} (Debian's galera-4)"));
+    }
+    if !on_path("rsync") {
+        missing.push("rsync (Debian's rsync, for the state transfer)".to_string());
+    }
+    if !on_path("wsrep_sst_rsync") {
+        missing.push("wsrep_sst_rsync (Debian's mariadb-server)".to_string());
+    }
+    if !["ss", "lsof", "sockstat"].iter().any(|c| on_path(c)) {
+        missing.push("ss (Debian's iproute2, which wsrep_sst_rsync uses)".to_string());
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "a Galera cluster needs {}: apt-get install -y galera-4 rsync iproute2 \
+             (.ci/run installs them)",
+            missing.join(", ")
+        )
+    })
+}
+
+/// One node's ports besides its client port.
+#[derive(Clone, Copy, Debug)]
+struct GaleraPorts {
+    /// Group communication (`base_port`).
+    group: u16,
+    /// Incremental state transfer.
+    ist: u16,
+    /// Full state transfer (rsync's daemon).
+    sst: u16,
+}
+
+/// A MariaDB Galera cluster of private servers on this machine, every node
+/// on loopback with ports of its own; killed and removed on drop.
+pub struct GaleraCluster {
+    nodes: Vec<PrivateServer>,
+}
+
+impl GaleraCluster {
+    /// Starts `size` nodes: the first bootstraps the cluster
+    /// (`--wsrep-new-cluster`), the others join it by rsync state transfer,
+    /// together. Returns once every node is synced and sees all `size`.
+    /// Panics, saying what to install, if something it needs is missing.
+    pub fn start(name: &str, size: usize) -> GaleraCluster {
+        if let Some(missing) = galera_missing() {
+            panic!("{missing}");
+        }
+        let ports: Vec<GaleraPorts> = (0..size)
+            .map(|_| GaleraPorts {
+                group: free_port(),
+                ist: free_port(),
+                sst: free_port(),
+            })
+            .collect();
+        let members: Vec<String> = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", p.group))
+            .collect();
+        let address = format!("gcomm://{}", members.join(","));
+        let cluster_name = format!("bp-test-{name}-{}", std::process::id());
+        let mut nodes: Vec<PrivateServer> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut args = vec![
+                    "--wsrep-on=ON".to_string(),
+                    format!("--wsrep-provider={GALERA_PROVIDER}"),
+                    format!("--wsrep-cluster-address={address}"),
+                    format!("--wsrep-cluster-name={cluster_name}"),
+                    format!("--wsrep-node-name=node{}", i + 1),
+                    format!("--wsrep-node-address=127.0.0.1:{}", p.group),
+                    format!(
+                        "--wsrep-provider-options=base_port={g};gmcast.listen_addr=tcp://127.0.0.1:{g};\
+                         ist.recv_addr=127.0.0.1:{ist};gcache.size=32M",
+                        g = p.group,
+                        ist = p.ist
+                    ),
+                    format!("--wsrep-sst-receive-address=127.0.0.1:{}", p.sst),
+                    "--wsrep-sst-method=rsync".to_string(),
+                    "--binlog-format=ROW".to_string(),
+                    "--innodb-autoinc-lock-mode=2".to_string(),
+                ];
+                if i == 0 {
+                    args.push("--wsrep-new-cluster".to_string());
+                }
+                // The state transfer's rsync daemon runs as the server's
+                // account: as root it would drop to `nobody`, which cannot
+                // write the datadir.
+                let datadir = if i == 0 {
+                    Datadir::Installed
+                } else {
+                    Datadir::Empty
+                };
+                PrivateServer::prepare(&format!("{name}-node{}", i + 1), &args, datadir, "mysql")
+            })
+            .collect();
+        nodes[0].launch();
+        for node in &mut nodes[1..] {
+            node.spawn();
+        }
+        for node in &mut nodes[1..] {
+            node.wait_ready(Duration::from_secs(90));
+        }
+        let cluster = GaleraCluster { nodes };
+        for i in 0..size {
+            cluster.wait_synced(i, size, Duration::from_secs(60));
+        }
+        cluster
+    }
+
+    /// Node `i` (from 0).
+    pub fn node(&self, i: usize) -> &PrivateServer {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, to kill it.
+    pub fn node_mut(&mut self, i: usize) -> &mut PrivateServer {
+        &mut self.nodes[i]
+    }
+
+    /// Waits until node `i` is synced with the cluster and sees `members`
+    /// nodes in its primary component.
+    pub fn wait_synced(&self, i: usize, members: usize, within: Duration) {
+        let node = &self.nodes[i];
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        loop {
+            let state = node.admin_opt().and_then(|mut c| {
+                let get = |c: &mut Conn, var: &str| -> Option<String> {
+                    c.query_first::<(String, String), _>(format!("SHOW STATUS LIKE '{var}'"))
+                        .ok()
+                        .flatten()
+                        .map(|(_, v)| v)
+                };
+                Some((
+                    get(&mut c, "wsrep_local_state_comment")?,
+                    get(&mut c, "wsrep_cluster_size")?,
+                    get(&mut c, "wsrep_cluster_status")?,
+                ))
+            });
+            if let Some((state, size, status)) = &state {
+                if state == "Synced" && *size == members.to_string() && status == "Primary" {
+                    return;
+                }
+                last = format!("{state}, cluster size {size}, {status}");
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "galera node {} not synced in a cluster of {members} within {within:?} \
+                     (last: {last}):\n{}",
+                    i + 1,
+                    tail(&node.error_log(), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `SHOW STATUS` value `var` of node `i`, if it can be read.
+    pub fn status_text(&self, i: usize, var: &str) -> Option<String> {
+        self.nodes[i]
+            .admin_opt()
+            .and_then(|mut c| {
+                c.query_first::<(String, String), _>(format!("SHOW STATUS LIKE '{var}'"))
+                    .ok()
+                    .flatten()
+            })
+            .map(|(_, v)| v)
+    }
+
+    /// `SHOW STATUS` counter `var` of node `i` (0 when it cannot be read).
+    pub fn status(&self, i: usize, var: &str) -> u64 {
+        self.status_text(i, var)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
 }

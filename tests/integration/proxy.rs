@@ -3,7 +3,12 @@
 //!
 //! [`Proxy::start`] listens on `127.0.0.1:<ephemeral>` and forwards every
 //! connection to an upstream address, one thread per direction of each
-//! connection pair. [`Proxy::cut`] closes every open connection and, until
+//! connection pair. [`Proxy::start_failover`] is given several upstreams in
+//! order, and forwards each new connection to the first that accepts it,
+//! as a proxy in front of a Galera cluster's nodes does (HAProxy with
+//! backup servers, MaxScale, a Kubernetes Service whose endpoints follow
+//! the live nodes): when a node dies, its connections break and new ones go
+//! to the next node. [`Proxy::cut`] closes every open connection and, until
 //! [`Proxy::restore`], closes every new one as soon as it is accepted (the
 //! client sees the server hang up during the handshake, as when MySQL is
 //! restarting). [`Proxy::stall`] holds every byte in both directions
@@ -42,6 +47,8 @@ struct State {
     accepted: AtomicU64,
     refused: AtomicU64,
     cuts: AtomicU64,
+    /// Connections forwarded to each upstream, in the upstreams' order.
+    per_upstream: Mutex<Vec<u64>>,
 }
 
 impl State {
@@ -68,7 +75,7 @@ impl State {
 /// A running proxy; see the module docs.
 pub struct Proxy {
     addr: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
     state: Arc<State>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -77,27 +84,52 @@ impl Proxy {
     /// Listens on an ephemeral loopback port, forwarding to `upstream`
     /// (`host:port`).
     pub fn start(upstream: &str) -> Proxy {
-        let upstream: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(upstream)
-            .unwrap_or_else(|e| panic!("proxy upstream {upstream}: {e}"))
-            .next()
-            .unwrap_or_else(|| panic!("proxy upstream {upstream}: no address"));
+        Proxy::start_failover(&[upstream])
+    }
+
+    /// Listens on an ephemeral loopback port, forwarding each connection to
+    /// the first of `upstreams` (`host:port`, in order) that accepts it.
+    pub fn start_failover(upstreams: &[&str]) -> Proxy {
+        assert!(!upstreams.is_empty(), "a proxy needs an upstream");
+        let upstreams: Vec<SocketAddr> = upstreams
+            .iter()
+            .map(|upstream| {
+                std::net::ToSocketAddrs::to_socket_addrs(upstream)
+                    .unwrap_or_else(|e| panic!("proxy upstream {upstream}: {e}"))
+                    .next()
+                    .unwrap_or_else(|| panic!("proxy upstream {upstream}: no address"))
+            })
+            .collect();
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind 127.0.0.1:0");
         listener
             .set_nonblocking(true)
             .expect("proxy: non-blocking listener");
         let addr = listener.local_addr().expect("proxy: local address");
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            per_upstream: Mutex::new(vec![0; upstreams.len()]),
+            ..State::default()
+        });
         let st = Arc::clone(&state);
+        let to = upstreams.clone();
         let acceptor = std::thread::Builder::new()
             .name(format!("proxy-accept-{}", addr.port()))
-            .spawn(move || accept_loop(listener, upstream, st))
+            .spawn(move || accept_loop(listener, &to, st))
             .expect("proxy: spawn acceptor");
         Proxy {
             addr,
-            upstream,
+            upstreams,
             state,
             acceptor: Some(acceptor),
         }
+    }
+
+    /// Connections forwarded to each upstream so far, in the order given.
+    pub fn accepted_by_upstream(&self) -> Vec<u64> {
+        self.state
+            .per_upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The address clients should connect to.
@@ -169,7 +201,7 @@ impl Drop for Proxy {
     }
 }
 
-fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: Arc<State>) {
+fn accept_loop(listener: TcpListener, upstreams: &[SocketAddr], state: Arc<State>) {
     while !state.stopping.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, _)) => {
@@ -178,9 +210,9 @@ fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: Arc<State>) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
-                if let Err(e) = open_pair(client, upstream, &state) {
+                if let Err(e) = open_pair(client, upstreams, &state) {
                     state.refused.fetch_add(1, Ordering::SeqCst);
-                    eprintln!("proxy: could not forward a connection to {upstream}: {e}");
+                    eprintln!("proxy: could not forward a connection to {upstreams:?}: {e}");
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
@@ -194,13 +226,30 @@ fn accept_loop(listener: TcpListener, upstream: SocketAddr, state: Arc<State>) {
     }
 }
 
-/// Connects `client` to `upstream` and starts the two forwarding threads.
-/// On error the client is closed (dropped).
-fn open_pair(client: TcpStream, upstream: SocketAddr, state: &Arc<State>) -> std::io::Result<()> {
+/// Connects `client` to the first of `upstreams` that accepts and starts
+/// the two forwarding threads. On error the client is closed (dropped).
+fn open_pair(
+    client: TcpStream,
+    upstreams: &[SocketAddr],
+    state: &Arc<State>,
+) -> std::io::Result<()> {
     // The accepted socket may inherit non-blocking mode on some platforms.
     client.set_nonblocking(false)?;
     let _ = client.set_nodelay(true);
-    let server = TcpStream::connect_timeout(&upstream, UPSTREAM_CONNECT_TIMEOUT)?;
+    let mut last_error = None;
+    let mut connected = None;
+    for (i, upstream) in upstreams.iter().enumerate() {
+        match TcpStream::connect_timeout(upstream, UPSTREAM_CONNECT_TIMEOUT) {
+            Ok(server) => {
+                connected = Some((i, server));
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some((upstream, server)) = connected else {
+        return Err(last_error.expect("at least one upstream was tried"));
+    };
     let _ = server.set_nodelay(true);
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     {
@@ -215,6 +264,7 @@ fn open_pair(client: TcpStream, upstream: SocketAddr, state: &Arc<State>) -> std
         pairs.insert(id, (client.try_clone()?, server.try_clone()?));
     }
     state.accepted.fetch_add(1, Ordering::SeqCst);
+    state.per_upstream.lock().unwrap_or_else(|p| p.into_inner())[upstream] += 1;
     let c2s = (client.try_clone()?, server.try_clone()?);
     let s2c = (server, client);
     let mut threads = state.threads();
