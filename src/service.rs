@@ -418,20 +418,24 @@ impl Service {
             recv(at(deadline)) -> _ => false,
         };
         let mut interrupted = 0;
+        let mut all_ended = finished;
         if !finished {
             interrupted = parts.registry.interrupt_all(Interrupt::Shutdown);
             log::warn!(
                 "shutdown: SHUTDOWN_TIMEOUT passed; interrupted {interrupted} running jobs, marking them CANCELLED!"
             );
-            select! {
-                recv(self.consumers_alive) -> _ => {},
-                recv(at(Instant::now() + INTERRUPT_GRACE)) -> _ => {},
-            }
+            all_ended = select! {
+                recv(self.consumers_alive) -> _ => true,
+                recv(at(Instant::now() + INTERRUPT_GRACE)) -> _ => false,
+            };
         }
         drop(self.stops.hard.take());
         let mut stragglers = 0;
         for h in std::mem::take(&mut self.consumers) {
-            if h.is_finished() {
+            // Once every thread has let `alive` go, each is only returning:
+            // joining it cannot block (a check of is_finished() alone could
+            // catch one a moment before its end and call it a straggler).
+            if all_ended || h.is_finished() {
                 let _ = h.join();
             } else {
                 stragglers += 1;

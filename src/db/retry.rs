@@ -86,7 +86,7 @@ impl<'a> Retry<'a> {
         self
     }
 
-    /// Gives up rather than wait past `deadline`.
+    /// Gives up once `deadline` has passed (trying a last time at it).
     pub fn until(mut self, deadline: Instant) -> Retry<'a> {
         self.deadline = Some(deadline);
         self
@@ -119,9 +119,14 @@ impl<'a> Retry<'a> {
                 _ => {}
             }
             self.health.failed(self.what, &err);
-            let delay = self.backoff.next_delay();
-            if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                return Err(GaveUp::TimedOut(err));
+            let mut delay = self.backoff.next_delay();
+            if let Some(deadline) = self.deadline {
+                // The last try is at the deadline, not a backoff before it.
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(GaveUp::TimedOut(err));
+                }
+                delay = delay.min(deadline - now);
             }
             match self.stop {
                 Some(stop) => select! {
