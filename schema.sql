@@ -52,8 +52,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- Derived columns (computed on read, never stored) for the indexes
     -- below. Each is NULL except in the statuses where some query looks
     -- for the row, so a transition moves only the index entries whose value
-    -- changes: about 6 per job, where indexes that begin with status would
-    -- move 4 on every transition.
+    -- changes: 4 per job, where indexes that begin with status would move 4
+    -- on every transition.
     -- 1 while the row is new (status NULL).
     is_new       TINYINT         AS (IF(status IS NULL, 1, NULL)) VIRTUAL,
     -- 1 while its task runs (STARTED!).
@@ -82,10 +82,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- of other queues and kinds, and rows scheduled for later, sit apart,
     -- past the range a claim reads.
     KEY jobs_new_routed (is_new, queue, kind, run_at, priority DESC, id),
-    -- Canceller: running jobs by deadline (and by start time for rows
-    -- started before deadlines were recorded).
-    KEY jobs_running (is_running, deadline_at, started_at),
-    -- Rescuer and shutdown release: a worker's QUEUED!/STARTED! jobs.
+    -- Rescuer and shutdown release: a worker's QUEUED!/STARTED! jobs; the
+    -- canceller and the max_running counts: the running jobs among all held
+    -- ones (a few per consumer and channel slot of each replica). A start
+    -- keeps its owner, so it moves no entry here: a job moves 4 index
+    -- entries in all (claimed: 2, started: 0, done: 2).
     KEY jobs_held_by (held_by),
     -- stats (recent throughput) and the pruner (old final rows).
     KEY jobs_final_at (final_at),

@@ -34,7 +34,8 @@ pub fn live_counts(conn: &mut Connection) -> DbResult<LiveCounts> {
     let rows: Vec<(u64, u64, u64)> = conn.query_rows(
         "SELECT (SELECT COUNT(*) FROM jobs WHERE is_new = 1) AS new, \
          (SELECT COUNT(*) FROM jobs WHERE held_by IS NOT NULL) AS held, \
-         (SELECT COUNT(*) FROM jobs WHERE is_running = 1) AS started",
+         (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_held_by) WHERE held_by IS NOT NULL \
+         AND status = 'STARTED!') AS started",
         |mut row| {
             Ok((
                 col(&mut row, "new")?,

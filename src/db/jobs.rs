@@ -43,19 +43,21 @@ pub struct Dead {
 /// started before deadlines were recorded that have run longer than
 /// `timeout`; and rows an older service left `STARTED!` without even a
 /// `started_at`, once `timeout` has passed since they were queued (or
-/// created). All three parts use the `(is_running, deadline_at,
-/// started_at)` index.
+/// created). All three parts read the held jobs from the `held_by` index
+/// (a few per consumer and channel slot of each replica) and take the dead
+/// ones among them, in no particular order: what one pass leaves, the next
+/// takes.
 pub fn dead_select_sql(timeout: Duration, limit: usize, worker: &str) -> String {
+    use super::claim::RUNNING;
     let ago = format!("NOW(6) - INTERVAL {} MICROSECOND", timeout.as_micros());
     let cols = "id, lease, timeout, status, 0 AS requested";
     format!(
-        "(SELECT {cols} FROM jobs WHERE is_running = 1 AND deadline_at < NOW(6) \
-         ORDER BY deadline_at LIMIT {limit}) \
+        "(SELECT {cols} FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND deadline_at < NOW(6) LIMIT {limit}) \
          UNION ALL \
-         (SELECT {cols} FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
-         AND started_at < {ago} ORDER BY started_at LIMIT {limit}) \
+         (SELECT {cols} FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND deadline_at IS NULL \
+         AND started_at < {ago} LIMIT {limit}) \
          UNION ALL \
-         (SELECT {cols} FROM jobs WHERE is_running = 1 AND deadline_at IS NULL \
+         (SELECT {cols} FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND deadline_at IS NULL \
          AND started_at IS NULL AND COALESCE(queued_at, created_at) < {ago} LIMIT {limit}) \
          UNION ALL \
          (SELECT id, lease, timeout, status, 1 AS requested FROM jobs \

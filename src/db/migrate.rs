@@ -77,11 +77,6 @@ const INDEXES: &[(&str, &str, &str)] = &[
         "INDEX",
         "is_new, queue, kind, run_at, priority DESC, id",
     ),
-    (
-        "jobs_running",
-        "INDEX",
-        "is_running, deadline_at, started_at",
-    ),
     ("jobs_held_by", "INDEX", "held_by"),
     ("jobs_final_at", "INDEX", "final_at"),
     (
@@ -101,15 +96,18 @@ const OBSOLETE_INDEXES: &[&str] = &["jobs_status_id", "jobs_status_started_at", 
 
 /// Earlier versions' indexes, which this version's replace: those that
 /// began with `status` (every transition moved an entry in each of them),
-/// and the claim index of the versions before queues (`jobs_new`, which
-/// their replicas name in every claim). Kept until `migrate
-/// --drop-replaced`, for replicas of those versions during a rolling update.
+/// the claim index of the versions before queues (`jobs_new`, which their
+/// replicas name in every claim), and the running jobs' index (`jobs_running`;
+/// `jobs_held_by` finds them among the held ones, and a start no longer
+/// moves an index entry). Kept until `migrate --drop-replaced`, for
+/// replicas of those versions during a rolling update.
 pub const REPLACED_INDEXES: &[&str] = &[
     "jobs_claim_due",
     "jobs_deadline",
     "jobs_status_owner",
     "jobs_status_finished_at",
     "jobs_new",
+    "jobs_running",
 ];
 
 /// The statements of `schema.sql`, without comments.

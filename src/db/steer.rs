@@ -168,7 +168,7 @@ pub fn queue_rows(conn: &mut Connection) -> DbResult<Vec<QueueRow>> {
         },
     )?;
     let running: Vec<(String, u64)> = conn.query_rows(
-        "SELECT queue, COUNT(*) AS n FROM jobs WHERE is_running = 1 GROUP BY queue",
+        format!("SELECT queue, COUNT(*) AS n FROM jobs FORCE INDEX (jobs_held_by) WHERE {} GROUP BY queue", super::claim::RUNNING),
         |mut row| Ok((col(&mut row, "queue")?, col(&mut row, "n")?)),
     )?;
     for (queue, n) in running {

@@ -476,7 +476,7 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
             "unique_live",
         ]
     );
-    assert_eq!(report.added_indexes.len(), 6);
+    assert_eq!(report.added_indexes.len(), 5);
     let again = migrate(db.url(), false).expect("migrate twice");
     assert!(again.added_columns.is_empty() && again.added_indexes.is_empty());
     // The old rows are intact and the new one is claimable.
@@ -487,15 +487,17 @@ fn migrate_upgrades_a_table_made_by_the_original_service() {
 #[test]
 fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     let db = TestDb::new("upgrade_indexes");
-    // The indexes of earlier versions: those beginning with status, and
-    // jobs_new, which did not route by queue and kind.
+    // The indexes of earlier versions: those beginning with status,
+    // jobs_new, which did not route by queue and kind, and jobs_running,
+    // which the held jobs' index took over.
     db.exec(
-        "ALTER TABLE jobs DROP INDEX jobs_running, DROP INDEX jobs_held_by, \
+        "ALTER TABLE jobs DROP INDEX jobs_held_by, \
          DROP INDEX jobs_final_at, ADD INDEX jobs_claim_due (status, run_at, priority DESC, id), \
          ADD INDEX jobs_deadline (status, deadline_at, started_at), \
          ADD INDEX jobs_status_owner (status, owner), \
          ADD INDEX jobs_status_finished_at (status, finished_at), \
-         ADD INDEX jobs_new (is_new, run_at, priority DESC, id)",
+         ADD INDEX jobs_new (is_new, run_at, priority DESC, id), \
+         ADD INDEX jobs_running (is_running, deadline_at, started_at)",
     );
     let previous = [
         "jobs_claim_due",
@@ -503,6 +505,7 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
         "jobs_status_owner",
         "jobs_status_finished_at",
         "jobs_new",
+        "jobs_running",
     ];
     // (jobs_new_routed, jobs_cancel and jobs_unique stay, as if the previous
     // version's table had them too: the test reads the drops, not those adds.)
@@ -517,10 +520,7 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     // During a rolling update: this version's indexes are added, the
     // previous version's stay for its replicas.
     let report = migrate(db.url(), false).expect("migrate");
-    assert_eq!(
-        report.added_indexes,
-        ["jobs_running", "jobs_held_by", "jobs_final_at"]
-    );
+    assert_eq!(report.added_indexes, ["jobs_held_by", "jobs_final_at"]);
     assert!(report.dropped_indexes.is_empty());
     assert_eq!(report.kept_replaced, previous);
     assert_eq!(indexes(), 11);
@@ -531,7 +531,7 @@ fn migrate_replaces_the_status_indexes_of_the_previous_version_in_two_steps() {
     assert!(report.added_indexes.is_empty());
     assert_eq!(report.dropped_indexes, previous);
     assert!(report.kept_replaced.is_empty());
-    assert_eq!(indexes(), 6, "only the six current indexes remain");
+    assert_eq!(indexes(), 5, "only the five current indexes remain");
 }
 
 #[test]
