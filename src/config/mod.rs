@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(c.job_consumers, 32);
         assert_eq!(c.canceller_consumers, 2);
         assert_eq!(c.rate_limit, 50);
-        assert_eq!(c.channel_capacity, 100);
+        assert_eq!(c.channel_capacity, 256);
         assert_eq!(c.db_pool_size, 32);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(c.db_connect_timeout, Duration::from_secs(30));

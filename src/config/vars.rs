@@ -139,7 +139,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "CHANNEL_CAPACITY",
-        default: "100",
+        default: "256",
         help: "bound of each channel",
         read: Read::Plain,
         set: |c, v| put(&mut c.channel_capacity, count(v)),

@@ -1,7 +1,7 @@
 //! The jobs publisher: claims new rows and feeds them to the jobs consumers.
 //!
 //! Every `JOBS_POLL_INTERVAL` (default 2s), in one transaction, it claims up
-//! to the jobs channel's free room (`CHANNEL_CAPACITY`, default 100) and
+//! to the jobs channel's free room (`CHANNEL_CAPACITY`, default 256) and
 //! sends the jobs down the channel, this replica (`WORKER_NAME`) as their
 //! owner. It claims only jobs of the queues it serves (`QUEUES`, default
 //! `default`) and of the kinds it runs, never from a paused queue, from a

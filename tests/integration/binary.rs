@@ -674,7 +674,7 @@ const DEFAULTS: &[(&str, Option<&str>)] = &[
     ("JOB_CONSUMERS", Some("32")),
     ("CANCELLER_CONSUMERS", Some("2")),
     ("RATE_LIMIT", Some("50")),
-    ("CHANNEL_CAPACITY", Some("100")),
+    ("CHANNEL_CAPACITY", Some("256")),
     ("DB_POOL_SIZE", None),
     ("SHUTDOWN_TIMEOUT", Some("25s")),
     ("DB_CONNECT_TIMEOUT", Some("30s")),
