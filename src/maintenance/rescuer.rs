@@ -31,7 +31,10 @@ use crate::runtime::tick::TickLoop;
 pub struct RescuerConfig {
     /// This replica's name (`WORKER_NAME`): never judged by itself.
     pub worker: String,
-    /// How often it looks (`HEARTBEAT_INTERVAL`).
+    /// How often it looks: every half `WORKER_DEAD_AFTER` (at least every
+    /// `HEARTBEAT_INTERVAL`), so a dead replica's jobs are rescued within
+    /// 1.5 x `WORKER_DEAD_AFTER` of its last heartbeat, and an idle replica
+    /// sends few statements.
     pub interval: Duration,
     /// A replica silent this long is dead (`WORKER_DEAD_AFTER`).
     pub dead_after: Duration,
@@ -41,7 +44,7 @@ impl From<&Config> for RescuerConfig {
     fn from(c: &Config) -> Self {
         RescuerConfig {
             worker: c.worker_name.clone(),
-            interval: c.heartbeat_interval,
+            interval: (c.worker_dead_after / 2).max(c.heartbeat_interval),
             dead_after: c.worker_dead_after,
         }
     }
