@@ -122,6 +122,10 @@ pub enum Presence {
     Running,
     /// The run's task returned here; its outcome is being written.
     Finishing,
+    /// A consumer here waits for the run's start to be written (it may
+    /// have landed before an outage hid the answer): its task begins once
+    /// the start is known to hold.
+    Starting,
     /// The run is not this process's.
     Absent,
 }
@@ -131,9 +135,28 @@ pub enum Presence {
 #[derive(Default)]
 pub struct Registry {
     running: Mutex<HashMap<u64, Entry>>,
+    /// Runs whose start a consumer here is waiting for.
+    starting: Mutex<std::collections::HashSet<Run>>,
 }
 
 impl Registry {
+    /// Records that a consumer here waits for `run`'s start to be written.
+    pub fn starting(&self, run: Run) {
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run);
+    }
+
+    /// The wait for `run`'s start is over (its task was put in the running
+    /// map first, if it starts).
+    pub fn start_settled(&self, run: Run) {
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run);
+    }
+
     /// Records that `run` starts running; returns the task's cancellation.
     /// Call [`Registry::returned`] when the task returns.
     pub fn start(&self, run: Run) -> Cancellation {
@@ -189,6 +212,17 @@ impl Registry {
     /// (the canceller decides on this: a run whose task already returned is
     /// left to its outcome).
     pub fn check_out(&self, run: Run, why: Interrupt) -> Presence {
+        // The starting set first: a consumer puts the run in the running
+        // map before taking it out of this set, so a run is never missed
+        // between the two.
+        if self
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&run)
+        {
+            return Presence::Starting;
+        }
         let mut map = self.lock();
         match map.get_mut(&run.id) {
             Some(e) if e.lease == run.lease => match e.state {

@@ -100,7 +100,7 @@ impl Canceller {
         // Decided under the registry's lock: a task that returned first keeps
         // its outcome; one still running is interrupted and cancelled.
         let here = match self.registry.check_out(dead.run, Interrupt::Cancelled) {
-            Presence::Finishing => return Some(false),
+            Presence::Finishing | Presence::Starting => return Some(false),
             Presence::Running => true,
             Presence::Absent => false,
         };
@@ -165,7 +165,7 @@ impl Canceller {
                         );
                         return Some(true);
                     }
-                    Presence::Finishing => return Some(false),
+                    Presence::Finishing | Presence::Starting => return Some(false),
                     Presence::Absent => Outcome::Cancelled(reason),
                 }
             }

@@ -158,7 +158,15 @@ impl Consumer {
         if !self.token() {
             return Handled::NotStarted;
         }
-        match self.start(&job) {
+        // Until its start is settled the canceller leaves the run alone: a
+        // start that landed before an outage hid the answer is this
+        // consumer's to run, not a dead run of this replica's.
+        self.shared.registry.starting(job.run());
+        let started = self.start(&job);
+        if started != Started::Yes {
+            self.shared.registry.start_settled(job.run());
+        }
+        match started {
             Started::Yes => {}
             Started::Lost => return self.lost(&job, "starting"),
             Started::Failed(_) => return Handled::Rejected,
@@ -270,6 +278,7 @@ impl Consumer {
     fn execute(&self, job: &Job, task: &dyn Task, ctx: &JobContext) -> Ended {
         let registry = &self.shared.registry;
         let cancel = registry.start(job.run());
+        registry.start_settled(job.run());
         let result = catch_unwind(AssertUnwindSafe(|| task.run(ctx, &cancel)));
         // Whichever came first, the task's return or an interrupt, decides.
         let (ran, interrupted) = registry.returned(job.run());

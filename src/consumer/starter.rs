@@ -33,7 +33,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::finisher::{FinisherHandle, Outcome};
 use crate::config::Config;
 use crate::db::HeldConn;
-use crate::db::jobs::{Locks, RunsState, job_runs_state, job_start_limited, job_start_many};
+use crate::db::jobs::{
+    Locks, RunsState, job_restamp_started, job_runs_state, job_start_limited, job_start_many,
+};
 use crate::db::retry::{GaveUp, Retry};
 use crate::job::{Job, Run, status};
 use crate::metrics::Counter;
@@ -439,7 +441,13 @@ impl Starter {
                             ..RunsState::default()
                         });
                     }
-                    job_runs_state(c, runs, status::QUEUED, Some(status::STARTED))
+                    let state = job_runs_state(c, runs, status::QUEUED, Some(status::STARTED))?;
+                    if tries > 1 {
+                        // An earlier try may have landed long before this
+                        // answer: the tasks begin now.
+                        job_restamp_started(c, &state.written, timeout)?;
+                    }
+                    Ok(state)
                 })
             })
     }

@@ -233,6 +233,29 @@ pub fn job_start_many(
     Ok(conn.affected_rows())
 }
 
+/// Sets `started_at` to now, and the deadline from now, of runs still
+/// `STARTED!` under their lease: for starts that landed on an earlier try
+/// whose answer was lost (an outage can hide it for long), so `started_at`
+/// stays the moment the task began and the deadline runs from then.
+pub fn job_restamp_started(
+    conn: &mut Connection,
+    runs: &[Run],
+    timeout: Duration,
+) -> DbResult<u64> {
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    let default_ms = timeout.as_millis().min(u128::from(MAX_TIMEOUT_MS)) as u64;
+    conn.query_drop(format!(
+        "UPDATE jobs SET started_at = NOW(6), deadline_at = NOW(6) + INTERVAL \
+         LEAST(COALESCE(timeout, {default_ms}), {MAX_TIMEOUT_MS}) * 1000 MICROSECOND \
+         WHERE id IN ({}) AND status = 'STARTED!' AND {}",
+        id_list(runs.iter().map(|r| r.id)),
+        lease_matches(runs)
+    ))?;
+    Ok(conn.affected_rows())
+}
+
 /// [`job_start_many`] for one run: whether it started.
 pub fn job_start(conn: &mut Connection, run: Run, timeout: Duration) -> DbResult<bool> {
     Ok(job_start_many(conn, &[run], timeout, Locks::Wait)? == 1)
