@@ -60,7 +60,8 @@ pub fn read_backlog(db: &Db, dead_after: Duration) -> DbResult<Counted> {
     let oldest: Vec<u64> = rows.iter().filter_map(|(_, id)| *id).collect();
     let ages = job_ages(&mut conn, &oldest)?;
     let served = worker_served(&mut conn, dead_after)?;
-    let serves = |list: &str, name: &str| list.split(',').any(|x| x == name);
+    // As claims match them: in the columns' collation, whatever the case.
+    let serves = |list: &str, name: &str| list.split(',').any(|x| x.eq_ignore_ascii_case(name));
     Ok(rows
         .into_iter()
         .map(|(mut b, id)| {

@@ -307,7 +307,8 @@ impl Scheduler {
         let clock = schedule_clock(c, Self::lookahead_us())?;
         let served = worker_served(c, self.cfg.dead_after)?;
         let runs = |s: &Schedule| {
-            let has = |list: &str, name: &str| list.split(',').any(|x| x == name);
+            let has =
+                |list: &str, name: &str| list.split(',').any(|x| x.eq_ignore_ascii_case(name));
             served
                 .iter()
                 .any(|(q, k)| has(q, &s.queue) && has(k, &s.kind))
