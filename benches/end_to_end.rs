@@ -9,6 +9,8 @@
 //! stops with a message saying so. `scripts/bench` gives the fuller figures
 //! (statements per job, latency, memory) with the release binary.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -17,31 +19,13 @@ use background_processing::db::migrate::migrate;
 use background_processing::service::Service;
 use background_processing::task::Tasks;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mysql::Conn;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder};
 
 const JOBS: usize = 5_000;
 
-fn server() -> String {
-    let url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let rest = url.strip_prefix("mysql://").unwrap_or(&url);
-    format!(
-        "mysql://{}",
-        rest.split_once('/').map(|(a, _)| a).unwrap_or(rest)
-    )
-}
-
 fn connect(url: &str) -> Conn {
-    let opts = Opts::from_url(url).unwrap_or_else(|e| panic!("bad DATABASE_URL {url}: {e}"));
-    Conn::new(OptsBuilder::from_opts(opts).tcp_connect_timeout(Some(Duration::from_secs(5))))
-        .unwrap_or_else(|e| {
-            eprintln!(
-                "end_to_end needs a MariaDB/MySQL server at {url} ({e}): start one with scripts/mariadb \
-                 or set DATABASE_URL"
-            );
-            std::process::exit(1)
-        })
+    common::connect(url, "end_to_end")
 }
 
 fn run_once(server: &str, jobs: usize) -> Duration {
@@ -93,7 +77,7 @@ fn run_once(server: &str, jobs: usize) -> Duration {
 }
 
 fn end_to_end(c: &mut Criterion) {
-    let server = server();
+    let server = common::server();
     drop(connect(&server));
     let mut group = c.benchmark_group("end_to_end");
     group.throughput(Throughput::Elements(JOBS as u64));

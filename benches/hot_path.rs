@@ -16,6 +16,8 @@
 //! own database, `bp_bench_hot`, and drops it at the end. Without a
 //! reachable server it stops with a message saying so.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use background_processing::db::Connection;
@@ -25,33 +27,15 @@ use background_processing::db::migrate::migrate;
 use background_processing::job::{Job, Run};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder};
+use mysql::{Conn, Opts};
 
 const CLAIM: usize = 128;
 const START_BATCH: usize = 32;
 const ROWS: usize = 100_000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn server() -> String {
-    let url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let rest = url.strip_prefix("mysql://").unwrap_or(&url);
-    format!(
-        "mysql://{}",
-        rest.split_once('/').map(|(a, _)| a).unwrap_or(rest)
-    )
-}
-
 fn connect(url: &str) -> Conn {
-    let opts = Opts::from_url(url).unwrap_or_else(|e| panic!("bad DATABASE_URL {url}: {e}"));
-    Conn::new(OptsBuilder::from_opts(opts).tcp_connect_timeout(Some(Duration::from_secs(5))))
-        .unwrap_or_else(|e| {
-            eprintln!(
-                "hot_path needs a MariaDB/MySQL server at {url} ({e}): start one with \
-                 scripts/mariadb or set DATABASE_URL"
-            );
-            std::process::exit(1)
-        })
+    common::connect(url, "hot_path")
 }
 
 /// A fresh table of `ROWS` new no-op jobs, with `extra` run on it first.
@@ -95,7 +79,7 @@ fn transitions(conn: &mut Connection) -> u64 {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let server = server();
+    let server = common::server();
     drop(connect(&server));
     let url = format!("{server}/bp_bench_hot");
     let mut group = c.benchmark_group("hot_path");

@@ -29,13 +29,16 @@ pub struct LiveCounts {
     pub started: u64,
 }
 
-/// Counts new, queued and running jobs from their indexes (no row is read).
+/// Counts new, queued and running jobs from their indexes (the running
+/// ones among the held rows).
 pub fn live_counts(conn: &mut Connection) -> DbResult<LiveCounts> {
     let rows: Vec<(u64, u64, u64)> = conn.query_rows(
-        "SELECT (SELECT COUNT(*) FROM jobs WHERE is_new = 1) AS new, \
-         (SELECT COUNT(*) FROM jobs WHERE held_by IS NOT NULL) AS held, \
-         (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_held_by) WHERE held_by IS NOT NULL \
-         AND status = 'STARTED!') AS started",
+        format!(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE is_new = 1) AS new, \
+             (SELECT COUNT(*) FROM jobs WHERE held_by IS NOT NULL) AS held, \
+             (SELECT COUNT(*) FROM {}) AS started",
+            super::claim::RUNNING_JOBS
+        ),
         |mut row| {
             Ok((
                 col(&mut row, "new")?,

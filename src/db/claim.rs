@@ -136,16 +136,17 @@ pub fn job_any_claimable(conn: &mut Connection, sources: &[Source]) -> DbResult<
     Ok(!found.is_empty())
 }
 
-/// The running jobs, read from the `held_by` index: held, and `STARTED!`.
-/// The queries name the index: held rows are few in a real table, but the
-/// optimizer cannot know they stay so.
-pub const RUNNING: &str = "held_by IS NOT NULL AND status = 'STARTED!'";
+/// The running jobs, read from the `held_by` index: held, and `STARTED!`
+/// (`FROM {RUNNING_JOBS} AND ...`). The queries name the index: held rows
+/// are few in a real table, but the optimizer cannot know they stay so.
+pub const RUNNING_JOBS: &str =
+    "jobs FORCE INDEX (jobs_held_by) WHERE held_by IS NOT NULL AND status = 'STARTED!'";
 
 /// How many jobs of `queue` are `STARTED!` now, on any replica (the
 /// held jobs of every queue, from the `held_by` index).
 pub fn job_running_in(conn: &mut Connection, queue: &str) -> DbResult<u64> {
     let n: Vec<u64> = conn.exec_rows(
-        format!("SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND queue = :queue"),
+        format!("SELECT COUNT(*) FROM {RUNNING_JOBS} AND queue = :queue"),
         params! { queue },
         first,
     )?;

@@ -260,17 +260,19 @@ pub fn code_kind(code: u16) -> ErrorKind {
     }
 }
 
+/// A server's error with `code`, for the tests of what it means.
+#[cfg(test)]
+pub(crate) fn server(code: u16) -> DbError {
+    DbError::Mysql(mysql::Error::MySqlError(mysql::MySqlError {
+        state: "HY000".into(),
+        message: "test".into(),
+        code,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn server(code: u16) -> DbError {
-        DbError::Mysql(mysql::Error::MySqlError(mysql::MySqlError {
-            state: "HY000".into(),
-            message: "test".into(),
-            code,
-        }))
-    }
 
     #[test]
     fn lock_waits_and_deadlocks_are_transient() {

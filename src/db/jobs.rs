@@ -48,16 +48,16 @@ pub struct Dead {
 /// ones among them, in no particular order: what one pass leaves, the next
 /// takes.
 pub fn dead_select_sql(timeout: Duration, limit: usize, worker: &str) -> String {
-    use super::claim::RUNNING;
+    use super::claim::RUNNING_JOBS;
     let ago = format!("NOW(6) - INTERVAL {} MICROSECOND", timeout.as_micros());
     let cols = "id, lease, timeout, status, 0 AS requested";
     format!(
-        "(SELECT {cols} FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND deadline_at < NOW(6) LIMIT {limit}) \
+        "(SELECT {cols} FROM {RUNNING_JOBS} AND deadline_at < NOW(6) LIMIT {limit}) \
          UNION ALL \
-         (SELECT {cols} FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND deadline_at IS NULL \
+         (SELECT {cols} FROM {RUNNING_JOBS} AND deadline_at IS NULL \
          AND started_at < {ago} LIMIT {limit}) \
          UNION ALL \
-         (SELECT {cols} FROM jobs FORCE INDEX (jobs_held_by) WHERE {RUNNING} AND deadline_at IS NULL \
+         (SELECT {cols} FROM {RUNNING_JOBS} AND deadline_at IS NULL \
          AND started_at IS NULL AND COALESCE(queued_at, created_at) < {ago} LIMIT {limit}) \
          UNION ALL \
          (SELECT id, lease, timeout, status, 1 AS requested FROM jobs \

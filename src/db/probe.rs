@@ -110,14 +110,7 @@ pub fn skip_locked_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn server(code: u16) -> DbError {
-        DbError::Mysql(mysql::Error::MySqlError(mysql::MySqlError {
-            state: "HY000".into(),
-            message: "test".into(),
-            code,
-        }))
-    }
+    use crate::db::error::server;
 
     #[test]
     fn an_empty_read_is_a_skip() {

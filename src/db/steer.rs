@@ -168,7 +168,10 @@ pub fn queue_rows(conn: &mut Connection) -> DbResult<Vec<QueueRow>> {
         },
     )?;
     let running: Vec<(String, u64)> = conn.query_rows(
-        format!("SELECT queue, COUNT(*) AS n FROM jobs FORCE INDEX (jobs_held_by) WHERE {} GROUP BY queue", super::claim::RUNNING),
+        format!(
+            "SELECT queue, COUNT(*) AS n FROM {} GROUP BY queue",
+            super::claim::RUNNING_JOBS
+        ),
         |mut row| Ok((col(&mut row, "queue")?, col(&mut row, "n")?)),
     )?;
     for (queue, n) in running {

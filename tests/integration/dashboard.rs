@@ -5,8 +5,7 @@
 //! reads; the test checks the table between its steps.
 
 use crate::fleet::*;
-use crate::http::{get, poll, via_proxy};
-use crate::proxy::Proxy;
+use crate::http::{get, poll, proxied};
 use crate::testdb::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -502,14 +501,7 @@ fn a_read_only_dashboard_refuses_actions_and_an_outage_shows_a_banner_until_it_e
         "object_id, sleep, status, finished_at",
         "1, 0, 'FAILED!', NOW(6)",
     );
-    let mut proxy = None;
-    let url = via_proxy(db.url(), |host| {
-        let p = Proxy::start(host);
-        let addr = p.addr();
-        proxy = Some(p);
-        addr
-    });
-    let proxy = proxy.unwrap();
+    let (url, proxy) = proxied(db.url());
     let (mut dash, base) = dashboard(&url, None);
     let mut b = Browser::start(true);
     let p = b.goto(&format!("{base}/jobs/{id}"));

@@ -642,12 +642,7 @@ fn readyz_fails_while_the_jobs_table_is_gone() {
 #[test]
 fn an_upgrade_says_that_old_rows_will_be_pruned() {
     let db = TestDb::empty("fault_upgrade_prune");
-    db.exec(
-        "CREATE TABLE jobs (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-         object_id BIGINT NULL, sleep BIGINT NULL, status VARCHAR(32) NULL, \
-         created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), queued_at DATETIME(6) NULL, \
-         started_at DATETIME(6) NULL, finished_at DATETIME(6) NULL, cancelled_at DATETIME(6) NULL)",
-    );
+    db.exec(ORIGINAL_JOBS_TABLE);
     db.exec(
         "INSERT INTO jobs (object_id, sleep, status, finished_at) VALUES \
          (10, 1, 'DONE!', NOW(6) - INTERVAL 30 DAY), (10, 1, 'DONE!', NOW(6) - INTERVAL 20 DAY)",

@@ -252,32 +252,30 @@ fn endpoints_answer_and_counters_match_the_table() {
     );
 }
 
-/// `host:port` of a `mysql://user@host:port/db` URL, and the URL pointed at
-/// `addr` instead, over TCP (the mysql crate otherwise moves a loopback
-/// connection to the server's Unix socket, bypassing the proxy).
-pub fn via_proxy(url: &str, proxy: impl FnOnce(&str) -> SocketAddr) -> String {
+/// A proxy the test controls in front of the server of a
+/// `mysql://user@host:port/db` URL, and the URL pointed at it, over TCP (the
+/// mysql crate otherwise moves a loopback connection to the server's Unix
+/// socket, bypassing the proxy).
+pub fn proxied(url: &str) -> (String, Proxy) {
     let rest = url.strip_prefix("mysql://").expect("a mysql:// URL");
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let (user, host) = match authority.rsplit_once('@') {
         Some((u, h)) => (format!("{u}@"), h),
         None => (String::new(), authority),
     };
-    let addr = proxy(host);
+    let proxy = Proxy::start(host);
+    let addr = proxy.addr();
     let sep = if tail.contains('?') { '&' } else { '?' };
-    format!("mysql://{user}{addr}{tail}{sep}prefer_socket=false")
+    (
+        format!("mysql://{user}{addr}{tail}{sep}prefer_socket=false"),
+        proxy,
+    )
 }
 
 #[test]
 fn an_outage_makes_the_replica_unready_not_unhealthy() {
     let db = TestDb::new("http_outage");
-    let mut proxy = None;
-    let url = via_proxy(db.url(), |host| {
-        let p = Proxy::start(host);
-        let addr = p.addr();
-        proxy = Some(p);
-        addr
-    });
-    let proxy = proxy.unwrap();
+    let (url, proxy) = proxied(db.url());
     let mut svc = Service::spawn(
         &["run"],
         &service_env(&url, &[("METRICS_ADDR", "127.0.0.1:0")]),

@@ -34,7 +34,9 @@ use crossbeam_channel::{RecvTimeoutError, bounded};
 use mysql::prelude::Queryable;
 use mysql::{Row, params};
 
-use crate::testdb::{CANCELLED, DONE, QUEUED, STARTED, TestDb, config_from, wait_until};
+use crate::testdb::{
+    CANCELLED, DONE, ORIGINAL_JOBS_TABLE, QUEUED, STARTED, TestDb, config_from, wait_until,
+};
 
 fn config(db: &TestDb, worker: &str, vars: &[(&str, &str)]) -> Config {
     config_from(
@@ -440,12 +442,7 @@ fn claims_the_one_new_job(db: &TestDb) {
 #[test]
 fn migrate_upgrades_a_table_made_by_the_original_service() {
     let db = TestDb::empty("upgrade");
-    db.exec(
-        "CREATE TABLE jobs (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-         object_id BIGINT NULL, sleep BIGINT NULL, status VARCHAR(32) NULL, \
-         created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), queued_at DATETIME(6) NULL, \
-         started_at DATETIME(6) NULL, finished_at DATETIME(6) NULL, cancelled_at DATETIME(6) NULL)",
-    );
+    db.exec(ORIGINAL_JOBS_TABLE);
     db.exec(
         "INSERT INTO jobs (object_id, sleep, status) VALUES (10, 1, 'DONE!'), (10, 1000, NULL)",
     );

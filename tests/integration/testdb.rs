@@ -48,6 +48,13 @@ pub fn tally_bin() -> String {
     path.display().to_string()
 }
 
+/// The `jobs` table as the original service made it: the classic columns
+/// only.
+pub const ORIGINAL_JOBS_TABLE: &str = "CREATE TABLE jobs (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+     object_id BIGINT NULL, sleep BIGINT NULL, status VARCHAR(32) NULL, \
+     created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), queued_at DATETIME(6) NULL, \
+     started_at DATETIME(6) NULL, finished_at DATETIME(6) NULL, cancelled_at DATETIME(6) NULL)";
+
 /// Server used when `DATABASE_URL` is not set (only its server part is used).
 const DEFAULT_SERVER: &str = "mysql://root@127.0.0.1:3306";
 
